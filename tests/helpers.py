@@ -1,0 +1,228 @@
+"""Helpers shared by the template's tests: the combinations, generation, subprocesses."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1]
+TEMPLATE_OPTIONS = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
+
+# Every subprocess the suite starts (uv sync, manage.py, the generated test suite) gets this.
+SUBPROCESS_TIMEOUT = 20 * 60
+
+DEFAULT_PYTHON = Path("/root/.pyenv/versions/3.13.0/bin/python3")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+# Each LLM provider choice and the PyPI distribution of its SDK.
+PROVIDER_SDKS = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "google-genai",
+    "ollama": "ollama",
+}
+
+
+@dataclass(frozen=True)
+class Combo:
+    """One combination of the template's choice variables."""
+
+    index: int
+    consumer: str
+    channel_layer: str
+    llm_provider: str
+
+    @property
+    def id(self) -> str:
+        # e.g. "async-redis-openai". Select one combination with -k "[sync-redis-openai]":
+        # with the brackets, "sync-..." no longer also matches "async-...".
+        return f"{self.consumer}-{self.channel_layer}-{self.llm_provider}"
+
+    @property
+    def context(self) -> dict[str, str]:
+        return {
+            "consumer": self.consumer,
+            "channel_layer": self.channel_layer,
+            "llm_provider": self.llm_provider,
+        }
+
+    @property
+    def redis(self) -> bool:
+        return self.channel_layer == "redis"
+
+
+COMBOS = [
+    Combo(index, *values)
+    for index, values in enumerate(
+        itertools.product(
+            TEMPLATE_OPTIONS["consumer"],
+            TEMPLATE_OPTIONS["channel_layer"],
+            TEMPLATE_OPTIONS["llm_provider"],
+        )
+    )
+]
+
+
+def generate_project(output_dir: Path, config_file: Path, **extra_context: str) -> Path:
+    """Generate a project from this template without prompting; returns its directory."""
+    return Path(
+        cookiecutter(
+            str(TEMPLATE_DIR),
+            no_input=True,
+            extra_context=extra_context,
+            output_dir=str(output_dir),
+            config_file=str(config_file),
+        )
+    )
+
+
+# These directories are made by the tools the suite runs, not by the template.
+TOOL_DIRS = {".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "node_modules"}
+TOOL_FILES = {"uv.lock"}
+
+
+def project_files(project: Path) -> list[Path]:
+    """Every file the template generated (skipping what uv, pytest and ruff add later)."""
+    files = []
+    for root, dirs, names in os.walk(project):
+        dirs[:] = sorted(d for d in dirs if d not in TOOL_DIRS)
+        files.extend(Path(root, name) for name in sorted(names) if name not in TOOL_FILES)
+    return files
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+
+def uv_bin() -> str:
+    """The uv installed in the template's test environment (falls back to PATH)."""
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found is None:
+            pytest.fail("uv is not installed: pip install -r requirements-dev.txt")
+        return found
+
+
+def generated_python() -> str | None:
+    """The Python that generated projects run on; None lets uv choose one it finds."""
+    if os.environ.get("UV_PYTHON"):
+        return os.environ["UV_PYTHON"]
+    if DEFAULT_PYTHON.exists():
+        return str(DEFAULT_PYTHON)
+    return None
+
+
+# Variables of the outer environment that must not leak into a generated project's tools:
+# the template suite's own venv, pytest/xdist state, Django settings, real LLM credentials.
+_LEAKY_PREFIXES = ("PYTEST_", "DJANGO_", "RUFF_")
+_LEAKY_NAMES = {
+    "VIRTUAL_ENV",
+    "UV_PROJECT_ENVIRONMENT",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "REDIS_URL",
+    "OLLAMA_HOST",
+}
+
+
+def project_env(redis_url: str | None = None) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in _LEAKY_NAMES
+        and not name.startswith(_LEAKY_PREFIXES)
+        and not name.endswith("_API_KEY")
+    }
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    env["NO_COLOR"] = "1"
+    python = generated_python()
+    if python:
+        env["UV_PYTHON"] = python
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    return env
+
+
+@dataclass
+class Result:
+    command: list[str]
+    cwd: Path
+    returncode: int
+    output: str
+
+    def describe(self) -> str:
+        return (
+            f"$ {' '.join(self.command)}  (in {self.cwd})\n"
+            f"exit status {self.returncode}\n{self.output}"
+        )
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> Result:
+    """Run a command with stdout and stderr merged; a timeout is a failure."""
+    try:
+        completed = subprocess.run(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=SUBPROCESS_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as timeout:
+        output = timeout.output or ""
+        if isinstance(output, bytes):
+            output = output.decode(errors="replace")
+        pytest.fail(
+            f"$ {' '.join(command)}  (in {cwd})\ntimed out after {SUBPROCESS_TIMEOUT} s\n{output}",
+            pytrace=False,
+        )
+    return Result(command, cwd, completed.returncode, completed.stdout)
+
+
+def assert_succeeds(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> Result:
+    result = run(command, cwd, env)
+    if result.returncode != 0:
+        pytest.fail(result.describe(), pytrace=False)
+    return result
+
+
+# --------------------------------------------------------------------------- redis
+
+
+def redis_url_for(combo: Combo) -> str:
+    """REDIS_URL (or the default) with a database of this combination's own."""
+    parts = urlsplit(os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
+    return urlunsplit(parts._replace(path=f"/{combo.index % 16}"))
+
+
+def redis_unreachable_reason(url: str) -> str | None:
+    """None when a Redis server answers PING at url, else why not."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    try:
+        with socket.create_connection((host, port), timeout=5) as conn:
+            conn.sendall(b"PING\r\n")
+            reply = conn.recv(64)
+    except OSError as error:
+        return f"cannot connect to Redis at {host}:{port}: {error}"
+    # A server that wants a password still proves it is there.
+    if reply.startswith((b"+PONG", b"-NOAUTH")):
+        return None
+    return f"{host}:{port} did not answer PING like Redis: {reply!r}"

@@ -1,0 +1,199 @@
+"""The chat socket: one connection watching one conversation, written as plain sync code.
+
+Channels runs every sync consumer of a process in one shared thread, so a handler that
+looped over a model's stream would make every other user wait (django/channels#2132).
+Handlers here only do quick database work; each reply is written in a thread of its own
+pool, where self.send() still reaches the socket through the event loop. Stop sets an
+event that the reply checks between pieces, then closes the upstream stream.
+"""
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.generic.websocket import WebsocketConsumer
+from django.conf import settings
+
+from . import fragments, services
+from .frames import FrameError, parse_frame
+from .llm import ProviderError, get_chat_model
+from .models import Message
+from .streaming import Every, FrameBuffer
+
+logger = logging.getLogger(__name__)
+
+FAILED = "Something went wrong while writing the reply. Retry in a moment."
+
+# Replies being written in this process, by conversation id, so Stop from any tab finds them.
+replies: dict[int, threading.Event] = {}
+reply_threads = ThreadPoolExecutor(
+    max_workers=settings.CHAT_REPLY_THREADS, thread_name_prefix="chat-reply"
+)
+
+
+background: set[asyncio.Task] = set()
+
+
+async def run_in_reply_thread(func, *args) -> None:
+    """Start func in the reply pool and return at once; runs on the event loop."""
+    write = database_sync_to_async(func, thread_sensitive=False, executor=reply_threads)
+    task = asyncio.create_task(write(*args))
+    background.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(background.discard)
+
+
+class ChatConsumer(WebsocketConsumer):
+    def connect(self) -> None:
+        conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
+        self.conversation = services.conversation_of(self.scope["user"], conversation_id)
+        if self.conversation is None:
+            # Anonymous, someone else's or missing: one answer, so nothing leaks.
+            self.close(code=4403)
+            return
+        self.group = self.conversation.group_name
+        self.peers: set[str] = set()
+        self.live = True
+        async_to_sync(self.channel_layer.group_add)(self.group, self.channel_name)
+        self.accept()
+        self.broadcast("chat.presence", event="joined")
+
+    def disconnect(self, code: int) -> None:
+        if not hasattr(self, "group"):
+            return
+        self.live = False
+        self.broadcast("chat.presence", event="left")
+        async_to_sync(self.channel_layer.group_discard)(self.group, self.channel_name)
+        stop = replies.get(self.conversation.pk)
+        if stop and not self.peers:
+            stop.set()  # nobody is left to read it: stop paying for tokens
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            frame = parse_frame(
+                text_data,
+                bytes_data,
+                conversation_id=self.conversation.pk,
+                max_length=settings.CHAT_MAX_MESSAGE_LENGTH,
+            )
+        except FrameError as error:
+            self.send_live(fragments.error(str(error)))
+            return
+        if frame.action == "stop":
+            self.stop()
+        elif frame.action == "retry":
+            self.retry()
+        else:
+            self.ask(frame.message)
+
+    def ask(self, text: str) -> None:
+        try:
+            question, reply = services.start_turn(self.conversation, text)
+        except services.Refused as refused:
+            self.send_live(fragments.error(str(refused)))
+            return
+        self.show(fragments.turn(question, reply))
+        if reply.conversation.title != self.conversation.title:
+            self.conversation = reply.conversation
+            self.show(fragments.title(self.conversation))
+        self.start_reply(reply)
+
+    def retry(self) -> None:
+        try:
+            reply = services.start_retry(self.conversation)
+        except services.Refused as refused:
+            self.send_live(fragments.error(str(refused)))
+            return
+        self.show(fragments.turn(None, reply))
+        self.start_reply(reply)
+
+    def stop(self) -> None:
+        stop = replies.get(self.conversation.pk)
+        if stop:
+            stop.set()
+        else:  # the reply may be written by a connection in another process
+            self.broadcast("chat.stop")
+
+    def start_reply(self, reply: Message) -> None:
+        stop = replies[self.conversation.pk] = threading.Event()
+        async_to_sync(run_in_reply_thread)(self.write_reply, reply, stop)
+
+    def write_reply(self, reply: Message, stop: threading.Event) -> None:
+        frames = FrameBuffer(settings.CHAT_FRAME_INTERVAL)
+        snapshots = Every(settings.CHAT_FANOUT_INTERVAL)
+        parts: list[str] = []
+        status, error = Message.Status.COMPLETE, ""
+        stream = None
+        try:
+            history = services.model_input(reply)
+            stream = get_chat_model().stream(settings.CHAT_SYSTEM_PROMPT, history)
+            for piece in stream:
+                if stop.is_set():
+                    break
+                parts.append(piece)
+                if text := frames.add(piece):
+                    self.send_live(fragments.chunk(reply, text))
+                if self.peers and snapshots.due():
+                    snapshot = fragments.snapshot(reply, "".join(parts))
+                    self.broadcast("chat.html", html=snapshot)
+            if stop.is_set():
+                status = Message.Status.STOPPED
+        except ProviderError as exc:
+            logger.warning("Reply %s failed at the provider: %r", reply.pk, exc.__cause__ or exc)
+            status, error = Message.Status.ERROR, str(exc)
+        except Exception:
+            logger.exception("Reply %s failed", reply.pk)
+            status, error = Message.Status.ERROR, FAILED
+        finally:
+            if stream is not None:
+                stream.close()  # closes the upstream HTTP stream
+            if replies.get(self.conversation.pk) is stop:
+                del replies[self.conversation.pk]
+        if tail := frames.drain():
+            self.send_live(fragments.chunk(reply, tail))
+        reply = services.finish_reply(reply, "".join(parts), status, error)
+        self.show(fragments.finished(reply))
+
+    def show(self, html: str) -> None:
+        """Send to this socket and to every other connection watching the conversation."""
+        self.send_live(html)
+        self.broadcast("chat.html", html=html)
+
+    def send_live(self, html: str) -> None:
+        if not self.live:
+            return
+        try:
+            self.send(text_data=html)
+        except OSError:
+            self.live = False  # the client went away; disconnect() follows
+
+    def broadcast(self, type: str, **fields) -> None:
+        async_to_sync(self.channel_layer.group_send)(
+            self.group, {"type": type, "sender": self.channel_name, **fields}
+        )
+
+    # Channel-layer messages from other connections on this conversation.
+
+    def chat_presence(self, event: dict) -> None:
+        sender = event["sender"]
+        if sender == self.channel_name:
+            return
+        if event["event"] == "left":
+            self.peers.discard(sender)
+            return
+        self.peers.add(sender)
+        if event["event"] == "joined":
+            async_to_sync(self.channel_layer.send)(
+                sender, {"type": "chat.presence", "event": "here", "sender": self.channel_name}
+            )
+
+    def chat_html(self, event: dict) -> None:
+        if event["sender"] != self.channel_name:
+            self.send_live(event["html"])
+
+    def chat_stop(self, event: dict) -> None:
+        stop = replies.get(self.conversation.pk)
+        if stop:
+            stop.set()

@@ -1,0 +1,35 @@
+"""The HTML a consumer sends: out-of-band swaps rendered from templates, text always escaped."""
+
+from django.template.loader import get_template, render_to_string
+
+from .models import Conversation, Message
+
+chunk_template = get_template("chat/oob/chunk.html")
+
+
+def turn(question: Message | None, reply: Message) -> str:
+    """The user's bubble (none on a retry), the empty reply, and the Stop button."""
+    return render_to_string("chat/oob/turn.html", {"question": question, "reply": reply})
+
+
+def chunk(reply: Message, text: str) -> str:
+    """Text appended to a streaming reply."""
+    return chunk_template.render({"reply": reply, "text": text})
+
+
+def snapshot(reply: Message, text: str) -> str:
+    """The whole reply so far, for connections that did not ask for it."""
+    return render_to_string("chat/oob/snapshot.html", {"reply": reply, "text": text})
+
+
+def finished(reply: Message) -> str:
+    """The reply re-rendered as Markdown with its final status; Stop hidden again."""
+    return render_to_string("chat/oob/finished.html", {"reply": reply})
+
+
+def title(conversation: Conversation) -> str:
+    return render_to_string("chat/oob/title.html", {"conversation": conversation})
+
+
+def error(text: str) -> str:
+    return render_to_string("chat/oob/error.html", {"text": text})

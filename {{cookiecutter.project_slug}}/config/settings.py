@@ -1,0 +1,225 @@
+"""Settings, read from the environment (and from .env in development).
+
+Every variable is documented in .env.example.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.utils.csp import CSP
+from dotenv import load_dotenv
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv(BASE_DIR / ".env")
+
+
+def env_bool(name: str, default: bool) -> bool:
+    return os.environ.get(name, str(default)).lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+# Core
+# https://docs.djangoproject.com/en/6.1/ref/settings/#core-settings
+SITE_NAME = {{ cookiecutter.project_name | tojson }}
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = os.environ["DJANGO_SECRET_KEY"]
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
+    "accounts",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.csp",
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "chat.context_processors.site",
+            ],
+        },
+    },
+]
+
+# Database: SQLite by default, PostgreSQL with DATABASE_URL=postgres://...
+# https://docs.djangoproject.com/en/6.1/ref/settings/#databases
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Streams write from several threads; wait for the write lock instead of failing.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+
+# Authentication
+# https://docs.djangoproject.com/en/6.1/topics/auth/default/
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat:home"
+LOGOUT_REDIRECT_URL = "login"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# Internationalization
+# https://docs.djangoproject.com/en/6.1/topics/i18n/
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# Static files, served by WhiteNoise (run collectstatic before deploying)
+# https://whitenoise.readthedocs.io/en/stable/django.html
+# https://docs.djangoproject.com/en/6.1/howto/static-files/
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Channels: the layer carries presence and coalesced updates between connections
+# https://channels.readthedocs.io/en/latest/topics/channel_layers.html
+{%- if cookiecutter.channel_layer == "redis" %}
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
+    }
+}
+{%- else %}
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+{%- endif %}
+
+# Security
+# https://docs.djangoproject.com/en/6.1/ref/middleware/#module-django.middleware.security
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+if not DEBUG:
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", "31536000"))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+
+
+def websocket_origins(hosts: list[str], debug: bool) -> list[str]:
+    """connect-src must name ws(s):// explicitly: 'self' does not cover it in every browser."""
+    schemes = ["wss", "ws"] if debug else ["wss"]
+    return [
+        f"{scheme}://{'*' + host if host.startswith('.') else host}{':*' if debug else ''}"
+        for host in hosts
+        if host != "*"
+        for scheme in schemes
+    ]
+
+
+# Content-Security-Policy, Django's own: scripts need the per-request nonce
+# https://docs.djangoproject.com/en/6.1/ref/csp/
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:"],
+    "connect-src": [CSP.SELF, *websocket_origins(ALLOWED_HOSTS, DEBUG)],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+    "object-src": [CSP.NONE],
+}
+
+# Logging: provider and layer faults are logged for the operator
+# https://docs.djangoproject.com/en/6.1/topics/logging/
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"chat": {"handlers": ["console"], "level": "INFO"}},
+}
+
+# LLM provider: the SDK's own environment variables; with no key the demo model answers
+{%- if cookiecutter.llm_provider == "openai" %}
+# https://platform.openai.com/docs/api-reference/responses
+LLM_API_KEY = os.environ.get("OPENAI_API_KEY", "")
+LLM_BASE_URL = os.environ.get("OPENAI_BASE_URL") or None
+LLM_MODEL = os.environ.get("OPENAI_MODEL", "gpt-5-mini")
+{%- elif cookiecutter.llm_provider == "anthropic" %}
+# https://docs.anthropic.com/en/api/messages-streaming
+LLM_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
+LLM_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL") or None
+LLM_MODEL = os.environ.get("ANTHROPIC_MODEL", "claude-haiku-4-5")
+{%- elif cookiecutter.llm_provider == "gemini" %}
+# https://ai.google.dev/gemini-api/docs/text-generation#streaming
+LLM_API_KEY = os.environ.get("GEMINI_API_KEY", "")
+LLM_BASE_URL = os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
+LLM_MODEL = os.environ.get("GEMINI_MODEL", "gemini-2.5-flash")
+{%- elif cookiecutter.llm_provider == "ollama" %}
+# https://github.com/ollama/ollama/blob/main/docs/api.md#generate-a-chat-completion
+LLM_BASE_URL = os.environ.get("OLLAMA_HOST") or None
+LLM_MODEL = os.environ.get("OLLAMA_MODEL", "llama3.2")
+{%- endif %}
+# Seconds to wait for the provider to connect or send the next piece of the reply.
+LLM_TIMEOUT = float(os.environ.get("LLM_TIMEOUT", "60"))
+LLM_MAX_OUTPUT_TOKENS = int(os.environ.get("LLM_MAX_OUTPUT_TOKENS", "2048"))
+
+# Chat
+CHAT_SYSTEM_PROMPT = os.environ.get("CHAT_SYSTEM_PROMPT", "You are a helpful assistant.")
+# Characters of past messages sent to the model with each new message (newest kept).
+CHAT_HISTORY_BUDGET = int(os.environ.get("CHAT_HISTORY_BUDGET", "12000"))
+CHAT_MAX_MESSAGE_LENGTH = int(os.environ.get("CHAT_MAX_MESSAGE_LENGTH", "4000"))
+CHAT_MESSAGES_PER_MINUTE = int(os.environ.get("CHAT_MESSAGES_PER_MINUTE", "20"))
+# A reply still marked streaming after this many seconds is treated as abandoned.
+CHAT_GENERATION_TIMEOUT = int(os.environ.get("CHAT_GENERATION_TIMEOUT", "300"))
+# Direct sends are coalesced into one frame per this many seconds of output.
+CHAT_FRAME_INTERVAL = float(os.environ.get("CHAT_FRAME_INTERVAL", "0.03"))
+# Other connections watching a conversation get a snapshot this often while it streams.
+CHAT_FANOUT_INTERVAL = float(os.environ.get("CHAT_FANOUT_INTERVAL", "0.25"))
+{%- if cookiecutter.consumer == "sync" %}
+# Replies written at once per process; more wait for a free thread.
+CHAT_REPLY_THREADS = int(os.environ.get("CHAT_REPLY_THREADS", "200"))
+{%- endif %}
+# Seconds between the offline demo model's tokens.
+DEMO_MODEL_DELAY = float(os.environ.get("DEMO_MODEL_DELAY", "0.03"))

@@ -1,0 +1,180 @@
+{% if cookiecutter.consumer == "async" -%}
+import asyncio
+import html
+import re
+import threading
+{%- else -%}
+import html
+import re
+import threading
+import time
+{%- endif %}
+from collections.abc import Callable
+{%- if cookiecutter.channel_layer == "redis" %}
+import uuid
+{%- endif %}
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from chat.llm import ChatMessage, ProviderError
+from chat.models import Conversation
+from config.asgi import application
+
+CHUNK = re.compile(r'<div id="message-\d+-text" hx-swap-oob="beforeend">(.*?)</div>', re.S)
+SNAPSHOT = re.compile(r'<div id="message-\d+-text" hx-swap-oob="innerHTML">(.*?)</div>', re.S)
+FINISHED = re.compile(r'<article id="message-(\d+)" class="message assistant (\w+)" hx-swap-oob')
+{%- if cookiecutter.channel_layer == "redis" %}
+
+
+def pytest_configure(config):
+    # Pub/sub channels are shared by every client of a Redis server, whatever the database
+    # number: a prefix of this run's own keeps parallel runs from hearing each other.
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"test-{uuid.uuid4().hex[:8]}"
+{%- endif %}
+
+
+@pytest.fixture(autouse=True)
+def quick_demo_model(settings):
+    settings.LLM_API_KEY = ""
+    settings.LLM_BASE_URL = None
+    settings.DEMO_MODEL_DELAY = 0.001
+
+
+class ScriptedModel:
+    """A model whose reply, pace and failure a test decides; it records what it was given."""
+
+    label = "Scripted model"
+    is_demo = False
+
+    def __init__(
+        self,
+        pieces: list[str],
+        delay: float = 0.0,
+        fail: ProviderError | None = None,
+        on_start: Callable[[], object] = lambda: None,
+    ):
+        self.pieces = pieces
+        self.delay = delay
+        self.fail = fail
+        self.on_start = on_start
+        self.calls: list[list[ChatMessage]] = []
+        self.yielded = 0
+        self.closed = threading.Event()
+{%- if cookiecutter.consumer == "async" %}
+
+    async def stream(self, system: str, messages: list[ChatMessage]):
+        self.calls.append(messages)
+        await sync_to_async(self.on_start)()
+        try:
+            for piece in self.pieces:
+                await asyncio.sleep(self.delay)
+                self.yielded += 1
+                yield piece
+            if self.fail:
+                raise self.fail
+        finally:
+            self.closed.set()
+{%- else %}
+
+    def stream(self, system: str, messages: list[ChatMessage]):
+        self.calls.append(messages)
+        self.on_start()
+        try:
+            for piece in self.pieces:
+                time.sleep(self.delay)
+                self.yielded += 1
+                yield piece
+            if self.fail:
+                raise self.fail
+        finally:
+            self.closed.set()
+{%- endif %}
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Install a ScriptedModel as the chat's model: scripted(["Hel", "lo"], delay=0.01)."""
+
+    def install(pieces: list[str], **options) -> ScriptedModel:
+        model = ScriptedModel(pieces, **options)
+        monkeypatch.setattr("chat.consumers.get_chat_model", lambda: model)
+        return model
+
+    return install
+
+
+@pytest.fixture
+def make_user(transactional_db):
+    def make(username: str = "alice"):
+        return get_user_model().objects.create_user(username, password="a-long-test-password")
+
+    return make
+
+
+@pytest.fixture
+def user(make_user):
+    return make_user("alice")
+
+
+@pytest.fixture
+def conversation(user):
+    return Conversation.objects.create(owner=user)
+
+
+def session_cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+@pytest.fixture
+async def connect():
+    """Open real sockets through the whole ASGI stack; all are closed after the test."""
+    opened: list[WebsocketCommunicator] = []
+
+    async def open_socket(user, conversation_id, origin: bytes | None = b"http://localhost"):
+        headers = [(b"host", b"localhost")]
+        if origin is not None:
+            headers.append((b"origin", origin))
+        if user is not None:
+            headers.append((b"cookie", await sync_to_async(session_cookie)(user)))
+        socket = WebsocketCommunicator(application, f"/ws/chat/{conversation_id}/", headers)
+        socket.accepted, socket.close_code = await socket.connect(timeout=5)
+        opened.append(socket)
+        return socket
+
+    yield open_socket
+    for socket in opened:
+        await socket.disconnect(timeout=5)
+
+
+async def read_until(socket: WebsocketCommunicator, pattern: re.Pattern, timeout: float = 10):
+    """Frames up to and including the first that matches."""
+    frames = []
+    while True:
+        frames.append(await socket.receive_from(timeout=timeout))
+        if pattern.search(frames[-1]):
+            return frames
+
+
+async def read_reply(socket: WebsocketCommunicator, timeout: float = 10) -> list[str]:
+    """Frames up to and including the one that shows the reply finished."""
+    frames = []
+    while True:
+        frame = await socket.receive_from(timeout=timeout)
+        frames.append(frame)
+        if FINISHED.search(frame):
+            return frames
+
+
+def chunk_text(frames: list[str]) -> str:
+    return "".join(html.unescape(text) for frame in frames for text in CHUNK.findall(frame))
+
+
+def final_status(frames: list[str]) -> str:
+    return FINISHED.search(frames[-1]).group(2)

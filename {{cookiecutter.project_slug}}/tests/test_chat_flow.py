@@ -1,0 +1,170 @@
+"""A chat turn end to end through the real ASGI stack: socket, consumer, database, model."""
+
+import asyncio
+import json
+
+import pytest
+
+from chat.models import Message
+
+from .conftest import CHUNK, SNAPSHOT, chunk_text, final_status, read_reply, read_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def send(text: str, **fields) -> str:
+    return json.dumps({"message": text, **fields})
+
+
+async def messages_of(conversation) -> list[tuple[str, str, str]]:
+    return [
+        (m.role, m.content, m.status)
+        async for m in Message.objects.filter(conversation=conversation).order_by("pk")
+    ]
+
+
+async def test_round_trip_stores_the_question_streams_the_reply_in_order_and_stores_it(
+    user, conversation, connect, scripted
+):
+    model = scripted(["The ", "answer ", "is ", "**42**", "."], delay=0.01)
+    socket = await connect(user, conversation.pk)
+
+    await socket.send_to(send("What is the answer?"))
+    turn = await socket.receive_from(timeout=5)
+    frames = await read_reply(socket)
+
+    assert "What is the answer?" in turn  # the user's bubble, at once
+    assert 'class="message assistant streaming"' in turn  # the placeholder to stream into
+    assert chunk_text(frames) == "The answer is **42**."  # every piece, in order
+    assert len(CHUNK.findall("".join(frames))) >= 2  # streamed, not sent at the end
+    assert "<strong>42</strong>" in frames[-1]  # finished reply re-rendered as Markdown
+    assert final_status(frames) == "complete"
+    assert await messages_of(conversation) == [
+        ("user", "What is the answer?", "complete"),
+        ("assistant", "The answer is **42**.", "complete"),
+    ]
+    assert model.calls[0][-1].content == "What is the answer?"
+
+
+async def test_question_is_stored_before_the_model_is_called(
+    user, conversation, connect, scripted
+):
+    def stored_messages():
+        return list(conversation.messages.values_list("role", "content"))
+
+    seen_at_start = []
+    scripted(["ok"], on_start=lambda: seen_at_start.append(stored_messages()))
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(send("remember me"))
+    await read_reply(socket)
+
+    assert ("user", "remember me") in seen_at_start[0]
+
+
+async def test_history_survives_a_reconnect_and_is_sent_to_the_model(
+    user, conversation, connect, scripted
+):
+    model = scripted(["First reply."])
+    first = await connect(user, conversation.pk)
+    await first.send_to(send("My name is Ada."))
+    await read_reply(first)
+    await first.disconnect()
+
+    second = await connect(user, conversation.pk)
+    await second.send_to(send("What is my name?"))
+    await read_reply(second)
+
+    assert [(m.role, m.content) for m in model.calls[1]] == [
+        ("user", "My name is Ada."),
+        ("assistant", "First reply."),
+        ("user", "What is my name?"),
+    ]
+
+
+async def test_history_sent_to_the_model_is_trimmed_to_the_budget(
+    user, conversation, connect, scripted, settings
+):
+    settings.CHAT_HISTORY_BUDGET = 30
+    model = scripted(["x" * 20])
+    socket = await connect(user, conversation.pk)
+    for text in ["a" * 20, "b" * 5]:
+        await socket.send_to(send(text))
+        await read_reply(socket)
+
+    assert [m.content for m in model.calls[1]] == ["x" * 20, "b" * 5]
+
+
+async def test_a_second_connection_on_the_conversation_sees_the_reply_live_without_chunks_twice(
+    user, conversation, connect, scripted
+):
+    scripted([f"piece{i} " for i in range(20)], delay=0.02)
+    asker = await connect(user, conversation.pk)
+    watcher = await connect(user, conversation.pk)
+    await asyncio.sleep(0.2)  # presence announcements settle
+
+    await asker.send_to(send("hello both"))
+    asker_frames = [await asker.receive_from(timeout=5), *await read_reply(asker)]
+    watcher_frames = await read_reply(watcher)
+    watched = "".join(watcher_frames)
+
+    assert "hello both" in watched  # the question appears in the other tab too
+    assert SNAPSHOT.search(watched)  # and the reply grows there while it streams
+    assert not CHUNK.search(watched)  # per-token frames only go to the socket that asked
+    assert not SNAPSHOT.search("".join(asker_frames))  # nobody gets the text twice
+    assert final_status(watcher_frames) == "complete"
+    assert "piece19" in watcher_frames[-1]
+
+
+async def test_stop_closes_the_model_stream_keeps_the_partial_reply_and_allows_the_next_message(
+    user, conversation, connect, scripted
+):
+    model = scripted([f"w{i} " for i in range(500)], delay=0.01)
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(send("write forever"))
+    await read_until(socket, CHUNK)  # the reply has started
+
+    await socket.send_to(json.dumps({"action": "stop"}))
+    frames = await read_reply(socket)
+
+    assert model.closed.wait(timeout=5)
+    assert model.yielded < 100
+    assert final_status(frames) == "stopped"
+    reply = await Message.objects.aget(conversation=conversation, role="assistant")
+    assert reply.status == "stopped"
+    assert reply.content.startswith("w0 ")
+
+    scripted(["next answer"])
+    await socket.send_to(send("and now?"))
+    await socket.receive_from(timeout=5)
+    assert final_status(await read_reply(socket)) == "complete"
+
+
+async def test_disconnecting_mid_reply_stops_the_model_when_nobody_else_watches(
+    user, conversation, connect, scripted
+):
+    model = scripted([f"w{i} " for i in range(500)], delay=0.01)
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(send("write forever"))
+    await read_until(socket, CHUNK)
+
+    await socket.disconnect()
+
+    assert await asyncio.to_thread(model.closed.wait, 5)
+    assert model.yielded < 100
+    for _ in range(50):
+        reply = await Message.objects.aget(conversation=conversation, role="assistant")
+        if reply.status != "streaming":
+            break
+        await asyncio.sleep(0.1)
+    assert reply.status == "stopped"
+    assert reply.content.startswith("w0 ")
+
+
+async def test_the_demo_model_answers_when_no_provider_is_configured(user, conversation, connect):
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(send("ping"))
+    await socket.receive_from(timeout=5)
+    frames = await read_reply(socket)
+
+    assert "You said: ping" in chunk_text(frames)
+    assert "Demo model" in frames[-1]

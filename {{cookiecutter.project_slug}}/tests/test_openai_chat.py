@@ -1,0 +1,354 @@
+"""OpenAIChat against the real SDK, with HTTP answered by a mock transport or a loopback socket."""
+
+{% if cookiecutter.consumer == "async" -%}
+import asyncio
+{% endif -%}
+import json
+import socket
+
+import httpx2
+import pytest
+
+from chat.llm.base import CUT_OFF, TIMED_OUT, UNREACHABLE, ChatMessage, ProviderError
+from chat.llm.openai_chat import OpenAIChat
+
+API_KEY = "sk-test-0123456789abcdef"
+SYSTEM = "You are terse."
+HISTORY = [
+    ChatMessage("user", "Hi"),
+    ChatMessage("assistant", "Hello!"),
+    ChatMessage("user", "Count to three"),
+]
+
+
+def sse(chunk: dict) -> bytes:
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+def event(content: str | None, finish_reason: str | None = None) -> bytes:
+    """One chunk of a Chat Completions stream, as the API sends it."""
+    delta = {} if content is None else {"content": content}
+    return sse(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1767225600,
+            "model": "gpt-5-mini",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+    )
+
+
+START = sse(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1767225600,
+        "model": "gpt-5-mini",
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        ],
+    }
+)
+END = [
+    event(None, finish_reason="stop"),
+    sse(  # the usage chunk, which has no choices
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1767225600,
+            "model": "gpt-5-mini",
+            "choices": [],
+            "usage": {"prompt_tokens": 31, "completion_tokens": 5, "total_tokens": 36},
+        }
+    ),
+    b"data: [DONE]\n\n",
+]
+
+
+class Body(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    """A streamed response body that records how much of it was sent and whether it was closed."""
+
+    def __init__(self, pieces: list[bytes], then: Exception | None = None) -> None:
+        self.pieces = pieces
+        self.then = then
+        self.sent = 0
+        self.closed = False
+
+    def __iter__(self):
+        for piece in self.pieces:
+            if self.closed:
+                return
+            self.sent += 1
+            yield piece
+        if self.then:
+            raise self.then
+
+    async def __aiter__(self):
+        for piece in self:
+            yield piece
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+{%- if cookiecutter.consumer == "async" %}
+
+
+class StalledBody(Body):
+    """A body that sends its pieces, then nothing more until it is closed."""
+
+    async def __aiter__(self):
+        for piece in self:
+            yield piece
+        await asyncio.Event().wait()
+{%- endif %}
+
+
+class Server:
+    """Answers every request with one response, and keeps the requests it was sent."""
+
+    def __init__(self, response: httpx2.Response) -> None:
+        self.response = response
+        self.requests: list[httpx2.Request] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(request)
+        return self.response
+
+
+def model_for(server: Server, **options) -> OpenAIChat:
+    transport = httpx2.MockTransport(server)
+    return OpenAIChat(
+        api_key=API_KEY,
+        base_url="https://api.openai.test/v1",
+        model="gpt-5-mini",
+        timeout=5,
+        max_output_tokens=256,
+        max_retries=0,
+{%- if cookiecutter.consumer == "async" %}
+        http_client=httpx2.AsyncClient(transport=transport),
+{%- else %}
+        http_client=httpx2.Client(transport=transport),
+{%- endif %}
+        **options,
+    )
+
+
+def streaming(body: Body) -> Server:
+    return Server(httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=body))
+{%- if cookiecutter.consumer == "async" %}
+
+
+def reply(model: OpenAIChat) -> tuple[list[str], ProviderError | None]:
+    """The deltas the model yielded, and the error it ended with, if any."""
+    deltas: list[str] = []
+
+    async def read() -> None:
+        async for delta in model.stream(SYSTEM, HISTORY):
+            deltas.append(delta)
+
+    try:
+        asyncio.run(read())
+    except ProviderError as error:
+        return deltas, error
+    return deltas, None
+
+
+def first_delta_then_close(model: OpenAIChat, body: Body) -> tuple[str, bool]:
+    """The first delta, and whether the body was closed by the time closing the stream returned."""
+
+    async def read() -> tuple[str, bool]:
+        stream = model.stream(SYSTEM, HISTORY)
+        first = await anext(stream)
+        await stream.aclose()
+        return first, body.closed
+
+    return asyncio.run(read())
+{%- else %}
+
+
+def reply(model: OpenAIChat) -> tuple[list[str], ProviderError | None]:
+    """The deltas the model yielded, and the error it ended with, if any."""
+    deltas: list[str] = []
+    try:
+        for delta in model.stream(SYSTEM, HISTORY):
+            deltas.append(delta)
+    except ProviderError as error:
+        return deltas, error
+    return deltas, None
+
+
+def first_delta_then_close(model: OpenAIChat, body: Body) -> tuple[str, bool]:
+    """The first delta, and whether the body was closed by the time closing the stream returned."""
+    stream = model.stream(SYSTEM, HISTORY)
+    first = next(stream)
+    stream.close()
+    return first, body.closed
+{%- endif %}
+
+
+def test_streams_the_deltas_and_sends_prompt_history_model_and_limit():
+    body = Body(
+        [START, event("One"), event(""), event(", two"), event(None), event(", three."), *END]
+    )
+    server = streaming(body)
+
+    deltas, error = reply(model_for(server))
+
+    assert (deltas, error) == (["One", ", two", ", three."], None)
+    [request] = server.requests
+    assert request.url == "https://api.openai.test/v1/chat/completions"
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    assert json.loads(request.content) == {
+        "model": "gpt-5-mini",
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Count to three"},
+        ],
+        "max_completion_tokens": 256,
+        "stream": True,
+    }
+    assert body.closed
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (401, "The model provider rejected the API key. Check it in .env."),
+        (429, "The model provider is rate limiting us. Wait a moment, then retry."),
+        (500, "The model provider had a server error. Retry in a moment."),
+    ],
+)
+def test_an_error_status_becomes_a_message_without_the_key(status, message):
+    error_body = {
+        "error": {
+            "message": f"Incorrect API key provided: {API_KEY}.",
+            "type": "invalid_request_error",
+            "code": "invalid_api_key",
+        }
+    }
+    server = Server(httpx2.Response(status, json=error_body))
+
+    deltas, error = reply(model_for(server))
+
+    assert deltas == []
+    assert str(error) == message
+    assert API_KEY not in str(error)
+
+
+def test_a_provider_that_does_not_answer_in_time_times_out():
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        port = silent.getsockname()[1]
+        model = OpenAIChat(
+            api_key=API_KEY,
+            base_url=f"http://127.0.0.1:{port}/v1",
+            model="gpt-5-mini",
+            timeout=0.2,
+            max_output_tokens=256,
+            max_retries=0,
+        )
+
+        deltas, error = reply(model)
+
+    assert (deltas, str(error)) == ([], TIMED_OUT)
+
+
+def test_a_provider_that_refuses_the_connection_is_unreachable():
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    model = OpenAIChat(
+        api_key=API_KEY,
+        base_url=f"http://127.0.0.1:{port}/v1",
+        model="gpt-5-mini",
+        timeout=5,
+        max_output_tokens=256,
+        max_retries=0,
+    )
+
+    deltas, error = reply(model)
+
+    assert (deltas, str(error)) == ([], UNREACHABLE)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "then", "message"),
+    [
+        pytest.param(
+            [START, event("One"), event(", two")],
+            httpx2.RemoteProtocolError("peer closed connection without sending complete body"),
+            CUT_OFF,
+            id="connection dropped",
+        ),
+        pytest.param(
+            [START, event("One"), event(", two"), b'data: {"id": "chatcmpl-1", "choi\n\n'],
+            None,
+            CUT_OFF,
+            id="malformed event",
+        ),
+        pytest.param(
+            [START, event("One"), event(", two")],
+            httpx2.ReadTimeout("timed out"),
+            TIMED_OUT,
+            id="stalled",
+        ),
+    ],
+)
+def test_a_reply_that_breaks_off_keeps_what_came_then_says_why(pieces, then, message):
+    deltas, error = reply(model_for(streaming(Body(pieces, then))))
+
+    assert (deltas, str(error)) == (["One", ", two"], message)
+
+
+def test_closing_the_stream_early_closes_the_upstream_response():
+    body = Body([START, event("One"), event(", two"), event(", three."), *END])
+
+    first, closed = first_delta_then_close(model_for(streaming(body)), body)
+
+    assert (first, closed) == ("One", True)
+    assert body.sent == 2  # the rest of the reply was never read
+{%- if cookiecutter.consumer == "async" %}
+
+
+async def test_cancelling_the_task_waiting_for_the_next_delta_closes_the_upstream_response():
+    body = StalledBody([START, event("One")])
+    model = model_for(streaming(body))
+    first_read = asyncio.Event()
+
+    async def read() -> None:
+        async for _ in model.stream(SYSTEM, HISTORY):
+            first_read.set()
+
+    task = asyncio.create_task(read())
+    await first_read.wait()
+    await asyncio.sleep(0.01)  # the task now waits inside the stream for the next delta
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert body.closed
+
+
+async def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
+{%- else %}
+
+
+def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
+{%- endif %}
+    settings.LLM_API_KEY = API_KEY
+    settings.LLM_BASE_URL = "https://llm.example.test/v1"
+    settings.LLM_MODEL = "gpt-5-nano"
+    settings.LLM_TIMEOUT = 7.5
+    settings.LLM_MAX_OUTPUT_TOKENS = 100
+
+    model = OpenAIChat.from_settings()
+
+    assert (model.label, model.is_demo) == ("gpt-5-nano via OpenAI", False)
+    assert (model.model, model.max_output_tokens) == ("gpt-5-nano", 100)
+    assert model.client.api_key == API_KEY
+    assert model.client.base_url == "https://llm.example.test/v1/"
+    assert model.client.timeout == 7.5
+    assert OpenAIChat.from_settings().client is model.client

@@ -24,7 +24,7 @@ def env_list(name: str, default: str) -> list[str]:
 
 # Core
 # https://docs.djangoproject.com/en/6.1/ref/settings/#core-settings
-SITE_NAME = {{ cookiecutter.project_name | tojson }}
+PROJECT_NAME = {{ cookiecutter.project_name | tojson }}
 DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = os.environ["DJANGO_SECRET_KEY"]
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
@@ -70,7 +70,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "chat.context_processors.site",
+                "chat.context_processors.project",
             ],
         },
     },

@@ -1,4 +1,4 @@
-"""AnthropicChat against the real SDK, with HTTP answered by a mock transport or a loopback socket."""
+"""AnthropicChat against the real SDK, with HTTP answered by a mock transport or loopback socket."""
 
 {% if cookiecutter.consumer == "async" -%}
 import asyncio
@@ -223,7 +223,7 @@ def test_streams_the_deltas_and_sends_prompt_history_model_and_limit():
     assert (deltas, error) == (["One", ", two", ", three."], None)
     [request] = server.requests
     assert request.url == "https://api.anthropic.test/v1/messages"
-    assert request.headers["x-api-key"] == API_KEY
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"
     assert "anthropic-version" in request.headers
     assert json.loads(request.content) == {
         "model": "claude-haiku-4-5",
@@ -310,7 +310,12 @@ def test_a_provider_that_refuses_the_connection_is_unreachable():
             id="connection dropped",
         ),
         pytest.param(
-            [*START, text("One"), text(", two"), b'event: content_block_delta\ndata: {"type": "con\n\n'],
+            [
+                *START,
+                text("One"),
+                text(", two"),
+                b'event: content_block_delta\ndata: {"type": "con\n\n',
+            ],
             None,
             CUT_OFF,
             id="malformed event",
@@ -320,7 +325,12 @@ def test_a_provider_that_refuses_the_connection_is_unreachable():
                 *START,
                 text("One"),
                 text(", two"),
-                sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+                sse(
+                    {
+                        "type": "error",
+                        "error": {"type": "overloaded_error", "message": "Overloaded"},
+                    }
+                ),
             ],
             None,
             CUT_OFF,

@@ -53,12 +53,16 @@ def client_for_loop(
     timeout: float,
     max_retries: int,
 ) -> AsyncAnthropic:
-    return AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+    return AsyncAnthropic(
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+    )
 {%- else %}
 
 
 @lru_cache(maxsize=4)
-def shared_client(api_key: str, base_url: str | None, timeout: float, max_retries: int) -> Anthropic:
+def shared_client(
+    api_key: str, base_url: str | None, timeout: float, max_retries: int
+) -> Anthropic:
     """The client for these settings, shared by the instances made for each message.
 
     Building a client takes ~20 ms and each one keeps its own connection pool.

@@ -15,6 +15,9 @@ import uuid
 {%- endif %}
 
 import pytest
+{%- if cookiecutter.channel_layer == "redis" %}
+import redis
+{%- endif %}
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
@@ -35,6 +38,18 @@ def pytest_configure(config):
     # Pub/sub channels are shared by every client of a Redis server, whatever the database
     # number: a prefix of this run's own keeps parallel runs from hearing each other.
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def redis_is_up():
+    """The Redis variant is tested against a real Redis: unreachable is a failure, not a skip."""
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.ConnectionError as error:
+        pytest.fail(f"Redis at REDIS_URL={settings.REDIS_URL} is unreachable: {error}")
+    finally:
+        client.close()
 {%- endif %}
 
 

@@ -1,0 +1,348 @@
+"""GeminiChat against the real SDK, with HTTP answered by a mock transport or a loopback socket."""
+
+{% if cookiecutter.consumer == "async" -%}
+import asyncio
+{% endif -%}
+import json
+import socket
+
+import httpx2
+import pytest
+
+from chat.llm.base import CUT_OFF, TIMED_OUT, UNREACHABLE, ChatMessage, ProviderError
+from chat.llm.gemini_chat import GeminiChat
+
+API_KEY = "AIzaSy-test-0123456789abcdef"
+SYSTEM = "You are terse."
+HISTORY = [
+    ChatMessage("user", "Hi"),
+    ChatMessage("assistant", "Hello!"),
+    ChatMessage("user", "Count to three"),
+]
+
+
+def sse(data: dict) -> bytes:
+    """One event of a streamGenerateContent?alt=sse response, as the API sends it."""
+    return f"data: {json.dumps(data)}\r\n\r\n".encode()
+
+
+def chunk(*parts: dict, finish_reason: str | None = None) -> bytes:
+    candidate = {"content": {"parts": list(parts), "role": "model"}, "index": 0}
+    if finish_reason:
+        candidate["finishReason"] = finish_reason
+    return sse(
+        {
+            "candidates": [candidate],
+            "usageMetadata": {"promptTokenCount": 31, "totalTokenCount": 31},
+            "modelVersion": "gemini-2.5-flash",
+            "responseId": "resp-1",
+        }
+    )
+
+
+def text(delta: str) -> bytes:
+    return chunk({"text": delta})
+
+
+START = chunk({"text": "Counting.", "thought": True})  # a thought summary is not part of the reply
+END = chunk({"text": ""}, finish_reason="STOP")
+
+
+class Body(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    """A streamed response body that records how much of it was sent and whether it was closed."""
+
+    def __init__(self, pieces: list[bytes], then: Exception | None = None) -> None:
+        self.pieces = pieces
+        self.then = then
+        self.sent = 0
+        self.closed = False
+
+    def __iter__(self):
+        for piece in self.pieces:
+            if self.closed:
+                return
+            self.sent += 1
+            yield piece
+        if self.then:
+            raise self.then
+
+    async def __aiter__(self):
+        for piece in self:
+            yield piece
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+{%- if cookiecutter.consumer == "async" %}
+
+
+class StalledBody(Body):
+    """A body that sends its pieces, then nothing more until it is closed."""
+
+    async def __aiter__(self):
+        for piece in self:
+            yield piece
+        await asyncio.Event().wait()
+{%- endif %}
+
+
+class Server:
+    """Answers every request with one response, and keeps the requests it was sent."""
+
+    def __init__(self, response: httpx2.Response) -> None:
+        self.response = response
+        self.requests: list[httpx2.Request] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(request)
+        return self.response
+
+
+def model_for(server: Server, **options) -> GeminiChat:
+    return GeminiChat(
+        api_key=API_KEY,
+        base_url="https://gemini.test",
+        model="gemini-2.5-flash",
+        timeout=5,
+        max_output_tokens=256,
+        max_retries=0,
+        transport=httpx2.MockTransport(server),
+        **options,
+    )
+
+
+def streaming(body: Body) -> Server:
+    return Server(httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=body))
+{%- if cookiecutter.consumer == "async" %}
+
+
+def reply(model: GeminiChat) -> tuple[list[str], ProviderError | None]:
+    """The deltas the model yielded, and the error it ended with, if any."""
+    deltas: list[str] = []
+
+    async def read() -> None:
+        async for delta in model.stream(SYSTEM, HISTORY):
+            deltas.append(delta)
+
+    try:
+        asyncio.run(read())
+    except ProviderError as error:
+        return deltas, error
+    return deltas, None
+
+
+def first_delta_then_close(model: GeminiChat, body: Body) -> tuple[str, bool]:
+    """The first delta, and whether the body was closed by the time closing the stream returned."""
+
+    async def read() -> tuple[str, bool]:
+        stream = model.stream(SYSTEM, HISTORY)
+        first = await anext(stream)
+        await stream.aclose()
+        return first, body.closed
+
+    return asyncio.run(read())
+{%- else %}
+
+
+def reply(model: GeminiChat) -> tuple[list[str], ProviderError | None]:
+    """The deltas the model yielded, and the error it ended with, if any."""
+    deltas: list[str] = []
+    try:
+        for delta in model.stream(SYSTEM, HISTORY):
+            deltas.append(delta)
+    except ProviderError as error:
+        return deltas, error
+    return deltas, None
+
+
+def first_delta_then_close(model: GeminiChat, body: Body) -> tuple[str, bool]:
+    """The first delta, and whether the body was closed by the time closing the stream returned."""
+    stream = model.stream(SYSTEM, HISTORY)
+    first = next(stream)
+    stream.close()
+    return first, body.closed
+{%- endif %}
+
+
+def test_streams_the_deltas_and_sends_prompt_history_model_and_limit():
+    body = Body([START, text("One"), text(""), text(", two"), text(", three."), END])
+    server = streaming(body)
+
+    deltas, error = reply(model_for(server))
+
+    assert (deltas, error) == (["One", ", two", ", three."], None)
+    [request] = server.requests
+    assert request.url.path == "/v1/models/gemini-2.5-flash:streamGenerateContent"
+    assert request.url.params["alt"] == "sse"
+    assert request.headers["x-goog-api-key"] == API_KEY
+    assert json.loads(request.content) == {
+        "contents": [
+            {"role": "user", "parts": [{"text": "Hi"}]},
+            {"role": "model", "parts": [{"text": "Hello!"}]},
+            {"role": "user", "parts": [{"text": "Count to three"}]},
+        ],
+        "systemInstruction": {"role": "user", "parts": [{"text": SYSTEM}]},
+        "generationConfig": {"maxOutputTokens": 256},
+    }
+    assert body.closed
+
+
+@pytest.mark.parametrize(
+    ("status", "error_body", "message"),
+    [
+        (
+            400,  # what Gemini answers a wrong key with
+            {
+                "code": 400,
+                "message": f"API key not valid: {API_KEY}. Please pass a valid API key.",
+                "status": "INVALID_ARGUMENT",
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                    }
+                ],
+            },
+            "The model provider rejected the API key. Check it in .env.",
+        ),
+        (
+            401,
+            {"code": 401, "message": f"Bad key {API_KEY}", "status": "UNAUTHENTICATED"},
+            "The model provider rejected the API key. Check it in .env.",
+        ),
+        (
+            429,
+            {"code": 429, "message": "Quota exceeded.", "status": "RESOURCE_EXHAUSTED"},
+            "The model provider is rate limiting us. Wait a moment, then retry.",
+        ),
+        (
+            500,
+            {"code": 500, "message": "Internal error.", "status": "INTERNAL"},
+            "The model provider had a server error. Retry in a moment.",
+        ),
+    ],
+)
+def test_an_error_status_becomes_a_message_without_the_key(status, error_body, message):
+    server = Server(httpx2.Response(status, json={"error": error_body}))
+
+    deltas, error = reply(model_for(server))
+
+    assert deltas == []
+    assert str(error) == message
+    assert API_KEY not in str(error)
+
+
+def test_a_provider_that_does_not_answer_in_time_times_out():
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        port = silent.getsockname()[1]
+        model = GeminiChat(
+            api_key=API_KEY,
+            base_url=f"http://127.0.0.1:{port}",
+            model="gemini-2.5-flash",
+            timeout=0.2,
+            max_output_tokens=256,
+            max_retries=0,
+        )
+
+        deltas, error = reply(model)
+
+    assert (deltas, str(error)) == ([], TIMED_OUT)
+
+
+def test_a_provider_that_refuses_the_connection_is_unreachable():
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    model = GeminiChat(
+        api_key=API_KEY,
+        base_url=f"http://127.0.0.1:{port}",
+        model="gemini-2.5-flash",
+        timeout=5,
+        max_output_tokens=256,
+        max_retries=0,
+    )
+
+    deltas, error = reply(model)
+
+    assert (deltas, str(error)) == ([], UNREACHABLE)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "then", "message"),
+    [
+        pytest.param(
+            [START, text("One"), text(", two")],
+            httpx2.RemoteProtocolError("peer closed connection without sending complete body"),
+            CUT_OFF,
+            id="connection dropped",
+        ),
+        pytest.param(
+            [START, text("One"), text(", two"), b'data: {"candidates": [{"cont\r\n\r\n'],
+            None,
+            CUT_OFF,
+            id="malformed event",
+        ),
+        pytest.param(
+            [START, text("One"), text(", two")],
+            httpx2.ReadTimeout("timed out"),
+            TIMED_OUT,
+            id="stalled",
+        ),
+    ],
+)
+def test_a_reply_that_breaks_off_keeps_what_came_then_says_why(pieces, then, message):
+    deltas, error = reply(model_for(streaming(Body(pieces, then))))
+
+    assert (deltas, str(error)) == (["One", ", two"], message)
+
+
+def test_closing_the_stream_early_closes_the_upstream_response():
+    body = Body([START, text("One"), text(", two"), text(", three."), END])
+
+    first, closed = first_delta_then_close(model_for(streaming(body)), body)
+
+    assert (first, closed) == ("One", True)
+    assert body.sent == 2  # the rest of the reply was never read
+{%- if cookiecutter.consumer == "async" %}
+
+
+async def test_cancelling_the_task_waiting_for_the_next_delta_closes_the_upstream_response():
+    body = StalledBody([START, text("One")])
+    model = model_for(streaming(body))
+    first_read = asyncio.Event()
+
+    async def read() -> None:
+        async for _ in model.stream(SYSTEM, HISTORY):
+            first_read.set()
+
+    task = asyncio.create_task(read())
+    await first_read.wait()
+    await asyncio.sleep(0.01)  # the task now waits inside the stream for the next delta
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert body.closed
+
+
+async def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
+{%- else %}
+
+
+def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
+{%- endif %}
+    settings.LLM_API_KEY = API_KEY
+    settings.LLM_BASE_URL = "https://llm.example.test"
+    settings.LLM_MODEL = "gemini-2.5-pro"
+    settings.LLM_TIMEOUT = 7.5
+    settings.LLM_MAX_OUTPUT_TOKENS = 100
+
+    model = GeminiChat.from_settings()
+
+    assert (model.label, model.is_demo) == ("gemini-2.5-pro via Gemini", False)
+    assert (model.model, model.max_output_tokens) == ("gemini-2.5-pro", 100)
+    options = model.client._api_client.get_read_only_http_options()
+    assert (options["base_url"], options["timeout"]) == ("https://llm.example.test", 7500)
+    assert GeminiChat.from_settings().client is model.client

@@ -16,7 +16,6 @@ import re
 import signal
 import time
 
-import websockets
 from websockets.asyncio.server import serve
 
 TOKEN = re.compile(r"\s*\S{1,4}|\s+")  # the demo model's tokens
@@ -88,5 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    assert websockets  # noqa: S101
     main()

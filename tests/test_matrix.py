@@ -20,6 +20,7 @@ import pytest
 from helpers import (
     COMBOS,
     PROVIDER_SDKS,
+    TEMPLATE_DIR,
     Combo,
     assert_succeeds,
     generate_project,
@@ -27,6 +28,7 @@ from helpers import (
     project_files,
     redis_unreachable_reason,
     redis_url_for,
+    run,
     uv_bin,
 )
 
@@ -236,3 +238,19 @@ def test_models_have_no_missing_migrations(synced: Path, env: dict[str, str]) ->
 def test_generated_projects_own_test_suite_passes(synced: Path, env: dict[str, str]) -> None:
     result = assert_succeeds([uv_bin(), "run", "pytest"], synced, env)
     assert re.search(r"\b\d+ passed\b", result.output), result.describe()
+
+
+def test_generated_projects_browser_tests_pass(
+    synced: Path, env: dict[str, str], combo: Combo
+) -> None:
+    """The project's end-to-end tests: Debian's Chromium against its real ASGI server."""
+    result = run([uv_bin(), "run", "pytest", "-m", "e2e"], synced, env)
+    if result.returncode != 0:
+        # The project is removed after its tests: keep the screenshots, pages and logs.
+        kept = TEMPLATE_DIR / "test-results" / combo.id
+        shutil.rmtree(kept, ignore_errors=True)
+        if (synced / "test-results" / "e2e").is_dir():
+            shutil.copytree(synced / "test-results" / "e2e", kept)
+        pytest.fail(f"{result.describe()}\nscreenshots, pages and logs: {kept}", pytrace=False)
+    assert re.search(r"\b\d+ passed\b", result.output), result.describe()
+    assert not re.search(r"\b\d+ (skipped|xfailed)\b", result.output), result.describe()

@@ -8,10 +8,16 @@ channel layer.
 
 import asyncio
 import logging
+{%- if cookiecutter.channel_layer == "redis" %}
+from contextlib import suppress
+{%- endif %}
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+{%- if cookiecutter.channel_layer == "redis" %}
+from redis.exceptions import RedisError
+{%- endif %}
 
 from . import fragments, services
 from .frames import FrameError, parse_frame
@@ -22,12 +28,33 @@ from .streaming import Every, FrameBuffer
 logger = logging.getLogger(__name__)
 
 FAILED = "Something went wrong while writing the reply. Retry in a moment."
+{%- if cookiecutter.channel_layer == "redis" %}
+LAYER_DOWN = "Live updates to your other tabs are paused: Redis is unreachable."
+UNAVAILABLE = "The chat cannot reach Redis right now. Reconnecting..."
+{%- endif %}
 
 # Replies being written in this process, by conversation id, so Stop from any tab finds them.
 replies: dict[int, asyncio.Task] = {}
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
+{%- if cookiecutter.channel_layer == "redis" %}
+    async def __call__(self, scope, receive, send) -> None:
+        """Explain a Redis outage to the page instead of failing the handshake.
+
+        Channels subscribes this connection's channel before connect() runs, so with Redis
+        down the error comes from here. Close code 1013 makes htmx reconnect later.
+        """
+        try:
+            await super().__call__(scope, receive, send)
+        except (OSError, RedisError):
+            if hasattr(self, "group"):
+                raise  # the connection was up: not an outage at connect time
+            logger.exception("Channel layer unreachable: refusing a connection for now")
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": fragments.error(UNAVAILABLE)})
+            await send({"type": "websocket.close", "code": 1013})
+{% endif %}
     async def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
         self.conversation = await database_sync_to_async(services.conversation_of)(
@@ -37,10 +64,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Anonymous, someone else's or missing: one answer, so nothing leaks.
             await self.close(code=4403)
             return
-        self.group = self.conversation.group_name
         self.peers: set[str] = set()
         self.live = True
-        await self.channel_layer.group_add(self.group, self.channel_name)
+{%- if cookiecutter.channel_layer == "redis" %}
+        self.layer_up = True
+{%- endif %}
+        await self.channel_layer.group_add(self.conversation.group_name, self.channel_name)
+        self.group = self.conversation.group_name
         await self.accept()
         await self.broadcast("chat.presence", event="joined")
 
@@ -49,7 +79,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.live = False
         await self.broadcast("chat.presence", event="left")
+{%- if cookiecutter.channel_layer == "redis" %}
+        with suppress(OSError, RedisError):  # Redis dropped it with the connection
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+{%- else %}
         await self.channel_layer.group_discard(self.group, self.channel_name)
+{%- endif %}
         reply = replies.get(self.conversation.pk)
         if reply and not self.peers:
             reply.cancel()  # nobody is left to read it: stop paying for tokens
@@ -161,9 +196,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.live = False  # the client went away; disconnect() follows
 
     async def broadcast(self, type: str, **fields) -> None:
-        await self.channel_layer.group_send(
-            self.group, {"type": type, "sender": self.channel_name, **fields}
-        )
+        message = {"type": type, "sender": self.channel_name, **fields}
+{%- if cookiecutter.channel_layer == "redis" %}
+        try:
+            await self.channel_layer.group_send(self.group, message)
+        except (OSError, RedisError) as error:
+            await self.layer_failed(error)
+        else:
+            self.layer_up = True
+
+    async def layer_failed(self, error: Exception) -> None:
+        """Fan-out is lost, not the reply: say so once, log it, and keep streaming here."""
+        if self.layer_up:
+            self.layer_up = False
+            logger.warning("Channel layer unreachable: %r", error)
+            await self.send_live(fragments.error(LAYER_DOWN))
+{%- else %}
+        await self.channel_layer.group_send(self.group, message)
+{%- endif %}
 
     # Channel-layer messages from other connections on this conversation.
 
@@ -176,9 +226,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.peers.add(sender)
         if event["event"] == "joined":
-            await self.channel_layer.send(
-                sender, {"type": "chat.presence", "event": "here", "sender": self.channel_name}
-            )
+            here = {"type": "chat.presence", "event": "here", "sender": self.channel_name}
+{%- if cookiecutter.channel_layer == "redis" %}
+            try:
+                await self.channel_layer.send(sender, here)
+            except (OSError, RedisError) as error:
+                await self.layer_failed(error)
+{%- else %}
+            await self.channel_layer.send(sender, here)
+{%- endif %}
 
     async def chat_html(self, event: dict) -> None:
         if event["sender"] != self.channel_name:

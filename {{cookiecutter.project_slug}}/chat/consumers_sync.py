@@ -10,12 +10,18 @@ event that the reply checks between pieces, then closes the upstream stream.
 import asyncio
 import logging
 import threading
+{%- if cookiecutter.channel_layer == "redis" %}
+from contextlib import suppress
+{%- endif %}
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
+{%- if cookiecutter.channel_layer == "redis" %}
+from redis.exceptions import RedisError
+{%- endif %}
 
 from . import fragments, services
 from .frames import FrameError, parse_frame
@@ -26,6 +32,10 @@ from .streaming import Every, FrameBuffer
 logger = logging.getLogger(__name__)
 
 FAILED = "Something went wrong while writing the reply. Retry in a moment."
+{%- if cookiecutter.channel_layer == "redis" %}
+LAYER_DOWN = "Live updates to your other tabs are paused: Redis is unreachable."
+UNAVAILABLE = "The chat cannot reach Redis right now. Reconnecting..."
+{%- endif %}
 
 # Replies being written in this process, by conversation id, so Stop from any tab finds them.
 replies: dict[int, threading.Event] = {}
@@ -46,6 +56,23 @@ async def run_in_reply_thread(func, *args) -> None:
 
 
 class ChatConsumer(WebsocketConsumer):
+{%- if cookiecutter.channel_layer == "redis" %}
+    async def __call__(self, scope, receive, send) -> None:
+        """Explain a Redis outage to the page instead of failing the handshake.
+
+        Channels subscribes this connection's channel before connect() runs, so with Redis
+        down the error comes from here. Close code 1013 makes htmx reconnect later.
+        """
+        try:
+            await super().__call__(scope, receive, send)
+        except (OSError, RedisError):
+            if hasattr(self, "group"):
+                raise  # the connection was up: not an outage at connect time
+            logger.exception("Channel layer unreachable: refusing a connection for now")
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": fragments.error(UNAVAILABLE)})
+            await send({"type": "websocket.close", "code": 1013})
+{% endif %}
     def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
         self.conversation = services.conversation_of(self.scope["user"], conversation_id)
@@ -53,10 +80,13 @@ class ChatConsumer(WebsocketConsumer):
             # Anonymous, someone else's or missing: one answer, so nothing leaks.
             self.close(code=4403)
             return
-        self.group = self.conversation.group_name
         self.peers: set[str] = set()
         self.live = True
-        async_to_sync(self.channel_layer.group_add)(self.group, self.channel_name)
+{%- if cookiecutter.channel_layer == "redis" %}
+        self.layer_up = True
+{%- endif %}
+        async_to_sync(self.channel_layer.group_add)(self.conversation.group_name, self.channel_name)
+        self.group = self.conversation.group_name
         self.accept()
         self.broadcast("chat.presence", event="joined")
 
@@ -65,7 +95,12 @@ class ChatConsumer(WebsocketConsumer):
             return
         self.live = False
         self.broadcast("chat.presence", event="left")
+{%- if cookiecutter.channel_layer == "redis" %}
+        with suppress(OSError, RedisError):  # Redis dropped it with the connection
+            async_to_sync(self.channel_layer.group_discard)(self.group, self.channel_name)
+{%- else %}
         async_to_sync(self.channel_layer.group_discard)(self.group, self.channel_name)
+{%- endif %}
         stop = replies.get(self.conversation.pk)
         if stop and not self.peers:
             stop.set()  # nobody is left to read it: stop paying for tokens
@@ -170,9 +205,24 @@ class ChatConsumer(WebsocketConsumer):
             self.live = False  # the client went away; disconnect() follows
 
     def broadcast(self, type: str, **fields) -> None:
-        async_to_sync(self.channel_layer.group_send)(
-            self.group, {"type": type, "sender": self.channel_name, **fields}
-        )
+        message = {"type": type, "sender": self.channel_name, **fields}
+{%- if cookiecutter.channel_layer == "redis" %}
+        try:
+            async_to_sync(self.channel_layer.group_send)(self.group, message)
+        except (OSError, RedisError) as error:
+            self.layer_failed(error)
+        else:
+            self.layer_up = True
+
+    def layer_failed(self, error: Exception) -> None:
+        """Fan-out is lost, not the reply: say so once, log it, and keep streaming here."""
+        if self.layer_up:
+            self.layer_up = False
+            logger.warning("Channel layer unreachable: %r", error)
+            self.send_live(fragments.error(LAYER_DOWN))
+{%- else %}
+        async_to_sync(self.channel_layer.group_send)(self.group, message)
+{%- endif %}
 
     # Channel-layer messages from other connections on this conversation.
 
@@ -185,9 +235,15 @@ class ChatConsumer(WebsocketConsumer):
             return
         self.peers.add(sender)
         if event["event"] == "joined":
-            async_to_sync(self.channel_layer.send)(
-                sender, {"type": "chat.presence", "event": "here", "sender": self.channel_name}
-            )
+            here = {"type": "chat.presence", "event": "here", "sender": self.channel_name}
+{%- if cookiecutter.channel_layer == "redis" %}
+            try:
+                async_to_sync(self.channel_layer.send)(sender, here)
+            except (OSError, RedisError) as error:
+                self.layer_failed(error)
+{%- else %}
+            async_to_sync(self.channel_layer.send)(sender, here)
+{%- endif %}
 
     def chat_html(self, event: dict) -> None:
         if event["sender"] != self.channel_name:

@@ -123,7 +123,10 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        "CONFIG": {
+            # Bounded timeouts: with Redis gone, a send fails fast instead of hanging a reply.
+            "hosts": [{"address": REDIS_URL, "socket_connect_timeout": 2, "socket_timeout": 5}],
+        },
     }
 }
 {%- else %}
@@ -182,7 +185,7 @@ LOGGING = {
 
 # LLM provider: the SDK's own environment variables; with no key the demo model answers
 {%- if cookiecutter.llm_provider == "openai" %}
-# https://platform.openai.com/docs/api-reference/responses
+# https://platform.openai.com/docs/api-reference/chat-streaming
 LLM_API_KEY = os.environ.get("OPENAI_API_KEY", "")
 LLM_BASE_URL = os.environ.get("OPENAI_BASE_URL") or None
 LLM_MODEL = os.environ.get("OPENAI_MODEL", "gpt-5-mini")

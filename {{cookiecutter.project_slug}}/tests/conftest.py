@@ -1,18 +1,16 @@
 {% if cookiecutter.consumer == "async" -%}
 import asyncio
+{% endif -%}
 import html
 import re
 import threading
-{%- else -%}
-import html
-import re
-import threading
+{%- if cookiecutter.consumer == "sync" %}
 import time
 {%- endif %}
-from collections.abc import Callable
 {%- if cookiecutter.channel_layer == "redis" %}
 import uuid
 {%- endif %}
+from collections.abc import Callable
 
 import pytest
 {%- if cookiecutter.channel_layer == "redis" %}
@@ -168,20 +166,20 @@ async def connect():
         await socket.disconnect(timeout=5)
 
 
-async def read_until(socket: WebsocketCommunicator, pattern: re.Pattern, timeout: float = 10):
+async def read_until(socket: WebsocketCommunicator, pattern: re.Pattern, wait: float = 10):
     """Frames up to and including the first that matches."""
     frames = []
     while True:
-        frames.append(await socket.receive_from(timeout=timeout))
+        frames.append(await socket.receive_from(timeout=wait))
         if pattern.search(frames[-1]):
             return frames
 
 
-async def read_reply(socket: WebsocketCommunicator, timeout: float = 10) -> list[str]:
+async def read_reply(socket: WebsocketCommunicator, wait: float = 10) -> list[str]:
     """Frames up to and including the one that shows the reply finished."""
     frames = []
     while True:
-        frame = await socket.receive_from(timeout=timeout)
+        frame = await socket.receive_from(timeout=wait)
         frames.append(frame)
         if FINISHED.search(frame):
             return frames

@@ -55,4 +55,3 @@ def test_the_sidebar_lists_only_your_own_conversations(client, make_user, user):
     page = client.get("/", follow=True).content.decode()
     assert "mallory&#x27;s chat" in page
     assert "secret plan" not in page
-

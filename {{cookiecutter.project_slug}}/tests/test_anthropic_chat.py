@@ -143,7 +143,7 @@ class Server:
         return self.response
 
 
-def model_for(server: Server, **options) -> AnthropicChat:
+def model_for(server: Server) -> AnthropicChat:
     transport = httpx2.MockTransport(server)
     return AnthropicChat(
         api_key=API_KEY,
@@ -157,7 +157,6 @@ def model_for(server: Server, **options) -> AnthropicChat:
 {%- else %}
         http_client=httpx2.Client(transport=transport),
 {%- endif %}
-        **options,
     )
 
 

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from chat.llm import ProviderError
 from chat.models import Message
 
 from .conftest import CHUNK, SNAPSHOT, chunk_text, final_status, read_reply, read_until
@@ -46,9 +47,7 @@ async def test_round_trip_stores_the_question_streams_the_reply_in_order_and_sto
     assert model.calls[0][-1].content == "What is the answer?"
 
 
-async def test_question_is_stored_before_the_model_is_called(
-    user, conversation, connect, scripted
-):
+async def test_question_is_stored_before_the_model_is_called(user, conversation, connect, scripted):
     def stored_messages():
         return list(conversation.messages.values_list("role", "content"))
 
@@ -168,3 +167,26 @@ async def test_the_demo_model_answers_when_no_provider_is_configured(user, conve
 
     assert "You said: ping" in chunk_text(frames)
     assert "Demo model" in frames[-1]
+
+
+async def test_a_provider_failure_keeps_the_partial_reply_explains_and_offers_a_retry(
+    user, conversation, connect, scripted, caplog
+):
+    scripted(["Half an ", "answer"], fail=ProviderError("The model provider broke off the reply."))
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(send("tell me"))
+    frames = await read_reply(socket)
+
+    assert final_status(frames) == "error"
+    assert "broke off the reply" in frames[-1]
+    assert 'name="action" value="retry"' in frames[-1]
+    assert "failed at the provider" in caplog.text  # a line for the operator
+    assert (await messages_of(conversation))[-1] == ("assistant", "Half an answer", "error")
+
+    model = scripted(["A whole answer."])
+    await socket.send_to(json.dumps({"action": "retry"}))
+    frames = await read_reply(socket)
+
+    assert final_status(frames) == "complete"
+    assert [m.content for m in model.calls[0]] == ["tell me"]  # the failed reply is left out
+    assert (await messages_of(conversation))[-1] == ("assistant", "A whole answer.", "complete")

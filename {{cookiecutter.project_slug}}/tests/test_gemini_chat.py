@@ -5,6 +5,7 @@ import asyncio
 {% endif -%}
 import json
 import socket
+import threading
 
 import httpx2
 import pytest
@@ -100,7 +101,43 @@ class Server:
         return self.response
 
 
-def model_for(server: Server, **options) -> GeminiChat:
+class HangUpWatcher:
+    """A loopback server that sends the start of a reply, then waits for the client to hang up."""
+
+    def __init__(self, start: bytes) -> None:
+        self.start = start
+        self.hung_up = threading.Event()
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+
+    def __enter__(self) -> "HangUpWatcher":
+        threading.Thread(target=self.serve, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.socket.close()
+
+    def serve(self) -> None:
+        connection, _ = self.socket.accept()
+        with connection:
+            connection.settimeout(2)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += connection.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            headers = dict(line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:])
+            while len(body) < int(headers[b"content-length"]):
+                body += connection.recv(65536)
+            first_chunk = b"%x\r\n%s\r\n" % (len(self.start), self.start)
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n" + first_chunk
+            )
+            if connection.recv(1) == b"":
+                self.hung_up.set()
+
+
+def model_for(server: Server) -> GeminiChat:
     return GeminiChat(
         api_key=API_KEY,
         base_url="https://gemini.test",
@@ -109,7 +146,6 @@ def model_for(server: Server, **options) -> GeminiChat:
         max_output_tokens=256,
         max_retries=0,
         transport=httpx2.MockTransport(server),
-        **options,
     )
 
 
@@ -308,6 +344,24 @@ def test_closing_the_stream_early_closes_the_upstream_response():
 {%- if cookiecutter.consumer == "async" %}
 
 
+async def test_closing_the_stream_early_hangs_up_on_a_real_server():
+    """Through the SDK's own HTTP client, which keeps a connection pool per event loop."""
+    with HangUpWatcher(START + text("One")) as server:
+        model = GeminiChat(
+            api_key=API_KEY,
+            base_url=server.url,
+            model="gemini-2.5-flash",
+            timeout=5,
+            max_output_tokens=256,
+            max_retries=0,
+        )
+        stream = model.stream(SYSTEM, HISTORY)
+        assert await anext(stream) == "One"
+        await stream.aclose()
+
+        assert await asyncio.to_thread(server.hung_up.wait, 1)
+
+
 async def test_cancelling_the_task_waiting_for_the_next_delta_closes_the_upstream_response():
     body = StalledBody([START, text("One")])
     model = model_for(streaming(body))
@@ -329,6 +383,24 @@ async def test_cancelling_the_task_waiting_for_the_next_delta_closes_the_upstrea
 
 async def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
 {%- else %}
+
+
+def test_closing_the_stream_early_hangs_up_on_a_real_server():
+    """Through the SDK's own HTTP client."""
+    with HangUpWatcher(START + text("One")) as server:
+        model = GeminiChat(
+            api_key=API_KEY,
+            base_url=server.url,
+            model="gemini-2.5-flash",
+            timeout=5,
+            max_output_tokens=256,
+            max_retries=0,
+        )
+        stream = model.stream(SYSTEM, HISTORY)
+        assert next(stream) == "One"
+        stream.close()
+
+        assert server.hung_up.wait(1)
 
 
 def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):

@@ -118,7 +118,7 @@ class Server:
         return self.response
 
 
-def model_for(server: Server, **options) -> OpenAIChat:
+def model_for(server: Server) -> OpenAIChat:
     transport = httpx2.MockTransport(server)
     return OpenAIChat(
         api_key=API_KEY,
@@ -132,7 +132,6 @@ def model_for(server: Server, **options) -> OpenAIChat:
 {%- else %}
         http_client=httpx2.Client(transport=transport),
 {%- endif %}
-        **options,
     )
 
 

@@ -88,5 +88,5 @@ def test_markdown_keeps_formatting_drops_raw_html_and_guards_links():
 
     assert "<strong>bold</strong>" in rendered
     assert 'rel="noopener noreferrer"' in rendered
-    assert "href=\"javascript:" not in rendered
+    assert 'href="javascript:' not in rendered
     assert_inert(rendered)

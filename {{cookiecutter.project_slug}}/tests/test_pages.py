@@ -15,9 +15,10 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 
 def test_signing_up_logs_in_and_lands_on_a_chat(client):
+    password = "a-long-pass-phrase"
     response = client.post(
         "/accounts/signup/",
-        {"username": "newcomer", "password1": "a-long-pass-phrase", "password2": "a-long-pass-phrase"},
+        {"username": "newcomer", "password1": password, "password2": password},
         follow=True,
     )
 

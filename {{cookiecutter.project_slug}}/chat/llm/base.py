@@ -37,6 +37,8 @@ def error_for_status(status: int) -> ProviderError:
         return ProviderError("The model provider rejected the API key. Check it in .env.")
     if status == 429:
         return ProviderError("The model provider is rate limiting us. Wait a moment, then retry.")
+    if status == 404:
+        return ProviderError("The model provider does not know that model. Check its name in .env.")
     if status >= 500:
         return ProviderError("The model provider had a server error. Retry in a moment.")
     return ProviderError(f"The model provider refused the request (HTTP {status}).")

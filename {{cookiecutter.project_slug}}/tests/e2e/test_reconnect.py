@@ -1,0 +1,53 @@
+"""The server goes away mid-session and comes back: the page carries on by itself."""
+
+import pytest
+from playwright.sync_api import expect
+
+from .chat import final_text, send, sign_up, transcript, wait_connected, wait_finished
+
+pytestmark = pytest.mark.e2e
+
+COMPLETE_TURN = ["message user complete", "message assistant complete"]
+
+
+def test_the_page_reconnects_after_a_server_restart_and_loses_nothing(browsing, server):
+    page = browsing.page()
+    sign_up(page)
+    wait_finished(page, send(page, "Before the restart"))
+    page.evaluate("window.e2eSamePage = true")
+
+    server.stop()
+    try:
+        expect(page.locator(".connection-lost")).to_be_visible()
+        # Sent while the server is down: htmx holds it until the socket is back.
+        box = page.locator("#composer textarea")
+        box.fill("During the outage")
+        box.press("Enter")
+        page.wait_for_timeout(300)
+        expect(box).to_have_value("During the outage")
+    finally:
+        server.start()
+
+    wait_connected(page, timeout=30)
+    expect(page.locator(".connection-lost")).to_be_hidden()
+    assert page.evaluate("window.e2eSamePage === true"), "the page was reloaded"
+
+    # The held message goes out once, and gets its reply.
+    expect(page.locator("#messages article.message.user")).to_have_count(2)
+    expect(box).to_have_value("")
+    during = page.locator("#messages article.message.assistant").nth(1).get_attribute("id")
+    wait_finished(page, during)
+    assert "You said: During the outage" in final_text(page, during)
+
+    after = send(page, "After the restart")
+    wait_finished(page, after)
+    text = final_text(page, after)
+    assert "You said: After the restart" in text
+    assert "Your first message: Before the restart" in text
+    assert "Your previous message: During the outage" in text
+
+    live = transcript(page)
+    assert [classes for classes, _ in live] == COMPLETE_TURN * 3
+    page.reload()
+    wait_connected(page)
+    assert transcript(page) == live

@@ -1,0 +1,339 @@
+"""OllamaChat against the real SDK, with HTTP answered by a mock transport or a loopback socket.
+
+The ollama SDK is built on httpx, so its mock transport comes from httpx rather than httpx2.
+"""
+
+{% if cookiecutter.consumer == "async" -%}
+import asyncio
+{% endif -%}
+import json
+import socket
+
+import httpx
+import pytest
+
+from chat.llm.base import CUT_OFF, TIMED_OUT, UNREACHABLE, ChatMessage, ProviderError
+from chat.llm.ollama_chat import OllamaChat
+
+SYSTEM = "You are terse."
+HISTORY = [
+    ChatMessage("user", "Hi"),
+    ChatMessage("assistant", "Hello!"),
+    ChatMessage("user", "Count to three"),
+]
+
+
+def line(data: dict) -> bytes:
+    """One line of the newline-delimited JSON that /api/chat streams."""
+    return json.dumps(data).encode() + b"\n"
+
+
+def text(delta: str) -> bytes:
+    return line(
+        {
+            "model": "llama3.2",
+            "created_at": "2026-01-01T00:00:00.000000Z",
+            "message": {"role": "assistant", "content": delta},
+            "done": False,
+        }
+    )
+
+
+# A thinking model thinks aloud first; that is not part of the reply.
+START = line(
+    {
+        "model": "llama3.2",
+        "created_at": "2026-01-01T00:00:00.000000Z",
+        "message": {"role": "assistant", "content": "", "thinking": "Counting."},
+        "done": False,
+    }
+)
+END = line(
+    {
+        "model": "llama3.2",
+        "created_at": "2026-01-01T00:00:01.000000Z",
+        "message": {"role": "assistant", "content": ""},
+        "done": True,
+        "done_reason": "stop",
+        "total_duration": 1_000_000_000,
+        "load_duration": 1_000_000,
+        "prompt_eval_count": 31,
+        "prompt_eval_duration": 100_000_000,
+        "eval_count": 5,
+        "eval_duration": 800_000_000,
+    }
+)
+
+
+class Body(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A streamed response body that records how much of it was sent and whether it was closed."""
+
+    def __init__(self, pieces: list[bytes], then: Exception | None = None) -> None:
+        self.pieces = pieces
+        self.then = then
+        self.sent = 0
+        self.closed = False
+
+    def __iter__(self):
+        for piece in self.pieces:
+            if self.closed:
+                return
+            self.sent += 1
+            yield piece
+        if self.then:
+            raise self.then
+
+    async def __aiter__(self):
+        for piece in self:
+            yield piece
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+{%- if cookiecutter.consumer == "async" %}
+
+
+class StalledBody(Body):
+    """A body that sends its pieces, then nothing more until it is closed."""
+
+    async def __aiter__(self):
+        for piece in self:
+            yield piece
+        await asyncio.Event().wait()
+{%- endif %}
+
+
+class Server:
+    """Answers every request with one response, and keeps the requests it was sent."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.response
+
+
+def model_for(server: Server) -> OllamaChat:
+    return OllamaChat(
+        base_url="http://ollama.test:11434",
+        model="llama3.2",
+        timeout=5,
+        max_output_tokens=256,
+        transport=httpx.MockTransport(server),
+    )
+
+
+def streaming(body: Body) -> Server:
+    return Server(
+        httpx.Response(200, headers={"content-type": "application/x-ndjson"}, stream=body)
+    )
+{%- if cookiecutter.consumer == "async" %}
+
+
+def reply(model: OllamaChat) -> tuple[list[str], ProviderError | None]:
+    """The deltas the model yielded, and the error it ended with, if any."""
+    deltas: list[str] = []
+
+    async def read() -> None:
+        async for delta in model.stream(SYSTEM, HISTORY):
+            deltas.append(delta)
+
+    try:
+        asyncio.run(read())
+    except ProviderError as error:
+        return deltas, error
+    return deltas, None
+
+
+def first_delta_then_close(model: OllamaChat, body: Body) -> tuple[str, bool]:
+    """The first delta, and whether the body was closed by the time closing the stream returned."""
+
+    async def read() -> tuple[str, bool]:
+        stream = model.stream(SYSTEM, HISTORY)
+        first = await anext(stream)
+        await stream.aclose()
+        return first, body.closed
+
+    return asyncio.run(read())
+{%- else %}
+
+
+def reply(model: OllamaChat) -> tuple[list[str], ProviderError | None]:
+    """The deltas the model yielded, and the error it ended with, if any."""
+    deltas: list[str] = []
+    try:
+        for delta in model.stream(SYSTEM, HISTORY):
+            deltas.append(delta)
+    except ProviderError as error:
+        return deltas, error
+    return deltas, None
+
+
+def first_delta_then_close(model: OllamaChat, body: Body) -> tuple[str, bool]:
+    """The first delta, and whether the body was closed by the time closing the stream returned."""
+    stream = model.stream(SYSTEM, HISTORY)
+    first = next(stream)
+    stream.close()
+    return first, body.closed
+{%- endif %}
+
+
+def test_streams_the_deltas_and_sends_prompt_history_model_and_limit():
+    body = Body([START, text("One"), text(""), text(", two"), text(", three."), END])
+    server = streaming(body)
+
+    deltas, error = reply(model_for(server))
+
+    assert (deltas, error) == (["One", ", two", ", three."], None)
+    [request] = server.requests
+    assert request.url == "http://ollama.test:11434/api/chat"
+    sent = json.loads(request.content)
+    assert sent["model"] == "llama3.2"
+    assert sent["messages"] == [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Count to three"},
+    ]
+    assert sent["options"] == {"num_predict": 256}
+    assert sent["stream"] is True
+    assert body.closed
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (401, "The model provider rejected the API key. Check it in .env."),
+        (429, "The model provider is rate limiting us. Wait a moment, then retry."),
+        (500, "The model provider had a server error. Retry in a moment."),
+    ],
+)
+def test_an_error_status_becomes_a_message(status, message):
+    server = Server(httpx.Response(status, json={"error": "something went wrong"}))
+
+    deltas, error = reply(model_for(server))
+
+    assert (deltas, str(error)) == ([], message)
+
+
+def test_a_model_that_is_not_pulled_is_refused_with_its_status():
+    server = Server(httpx.Response(404, json={"error": "model 'llama3.2' not found"}))
+
+    deltas, error = reply(model_for(server))
+
+    assert (deltas, str(error)) == ([], "The model provider refused the request (HTTP 404).")
+
+
+def test_a_provider_that_does_not_answer_in_time_times_out():
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        port = silent.getsockname()[1]
+        model = OllamaChat(
+            base_url=f"http://127.0.0.1:{port}",
+            model="llama3.2",
+            timeout=0.2,
+            max_output_tokens=256,
+        )
+
+        deltas, error = reply(model)
+
+    assert (deltas, str(error)) == ([], TIMED_OUT)
+
+
+def test_a_provider_that_refuses_the_connection_is_unreachable():
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    model = OllamaChat(
+        base_url=f"http://127.0.0.1:{port}", model="llama3.2", timeout=5, max_output_tokens=256
+    )
+
+    deltas, error = reply(model)
+
+    assert (deltas, str(error)) == ([], UNREACHABLE)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "then", "message"),
+    [
+        pytest.param(
+            [START, text("One"), text(", two")],
+            httpx.RemoteProtocolError("peer closed connection without sending complete body"),
+            CUT_OFF,
+            id="connection dropped",
+        ),
+        pytest.param(
+            [START, text("One"), text(", two"), b'{"model": "llama3.2", "mess\n'],
+            None,
+            CUT_OFF,
+            id="malformed line",
+        ),
+        pytest.param(
+            [START, text("One"), text(", two"), line({"error": "model runner has crashed"})],
+            None,
+            CUT_OFF,
+            id="error line",
+        ),
+        pytest.param(
+            [START, text("One"), text(", two")],
+            httpx.ReadTimeout("timed out"),
+            TIMED_OUT,
+            id="stalled",
+        ),
+    ],
+)
+def test_a_reply_that_breaks_off_keeps_what_came_then_says_why(pieces, then, message):
+    deltas, error = reply(model_for(streaming(Body(pieces, then))))
+
+    assert (deltas, str(error)) == (["One", ", two"], message)
+
+
+def test_closing_the_stream_early_closes_the_upstream_response():
+    body = Body([START, text("One"), text(", two"), text(", three."), END])
+
+    first, closed = first_delta_then_close(model_for(streaming(body)), body)
+
+    assert (first, closed) == ("One", True)
+    assert body.sent == 2  # the rest of the reply was never read
+{%- if cookiecutter.consumer == "async" %}
+
+
+async def test_cancelling_the_task_waiting_for_the_next_delta_closes_the_upstream_response():
+    body = StalledBody([START, text("One")])
+    model = model_for(streaming(body))
+    first_read = asyncio.Event()
+
+    async def read() -> None:
+        async for _ in model.stream(SYSTEM, HISTORY):
+            first_read.set()
+
+    task = asyncio.create_task(read())
+    await first_read.wait()
+    await asyncio.sleep(0.01)  # the task now waits inside the stream for the next delta
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert body.closed
+
+
+async def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
+{%- else %}
+
+
+def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
+{%- endif %}
+    settings.LLM_BASE_URL = "http://gpu-box.test:11434"
+    settings.LLM_MODEL = "qwen3:8b"
+    settings.LLM_TIMEOUT = 7.5
+    settings.LLM_MAX_OUTPUT_TOKENS = 100
+
+    model = OllamaChat.from_settings()
+
+    assert (model.label, model.is_demo) == ("qwen3:8b via Ollama", False)
+    assert (model.model, model.max_output_tokens) == ("qwen3:8b", 100)
+    assert model.client._client.base_url == "http://gpu-box.test:11434"
+    assert model.client._client.timeout == httpx.Timeout(7.5)
+    assert OllamaChat.from_settings().client is model.client

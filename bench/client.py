@@ -71,10 +71,15 @@ class Chat:
 # ----------------------------------------------------------------------- server readings
 
 
-def proc_cpu(pid: int) -> float:
+def proc_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process, all its threads."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_cpu(pid: int) -> float:
+    return sum(proc_times(pid))
 
 
 def proc_mem(pid: int) -> dict[str, int]:
@@ -297,6 +302,7 @@ async def run(args: argparse.Namespace) -> dict:
     deadline = time.monotonic() + args.timeout
     readers = [asyncio.create_task(read_chat(c, deadline)) for c in askers + watchers]
     cpu0 = {pid: proc_cpu(pid) for pid in pids}
+    sys0 = sum(proc_times(pid)[1] for pid in pids)
     redis0 = redis_cpu() if args.redis else None
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
@@ -315,6 +321,7 @@ async def run(args: argparse.Namespace) -> dict:
     await asyncio.gather(*readers)
     t1 = time.monotonic()
     cpu1 = {pid: proc_cpu(pid) for pid in pids}
+    sys1 = sum(proc_times(pid)[1] for pid in pids)
     redis1 = redis_cpu() if args.redis else None
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     peak = {pid: proc_mem(pid)["VmHWM"] for pid in pids}
@@ -342,6 +349,8 @@ async def run(args: argparse.Namespace) -> dict:
         ttfc=[c.times[0] - c.sent for c in askers if c.times and c.sent],
         turn=[c.turn_at - c.sent for c in askers if c.turn_at and c.sent],
         reply_seconds=[c.done - c.sent for c in askers if c.done and c.sent],
+        stream_seconds=[c.times[-1] - c.times[0] for c in askers if len(c.times) > 1],
+        finish_lag=[c.done - c.times[-1] for c in askers if c.done and c.times],
         gap_p50=pct(gaps, 50),
         gap_p99=pct(gaps, 99),
         gap_max=max(gaps) if gaps else None,
@@ -351,6 +360,7 @@ async def run(args: argparse.Namespace) -> dict:
         frames_per_second=frames / window if window > 0 else 0,
         server_cpu_seconds=sum(cpu1[p] - cpu0[p] for p in pids),
         server_cpu_by_process=[cpu1[p] - cpu0[p] for p in pids],
+        server_cpu_system_seconds=sys1 - sys0,
         server_peak_rss=sum(peak.values()),
         server_baseline_rss=sum(baseline.values()),
         server_idle_rss=sum(idle.values()),
@@ -358,7 +368,7 @@ async def run(args: argparse.Namespace) -> dict:
         - (usage0.ru_utime + usage0.ru_stime),
         redis_cpu_seconds=(redis1 - redis0) if redis0 is not None and redis1 is not None else None,
     )
-    for name in ("ttfc", "turn", "reply_seconds"):
+    for name in ("ttfc", "turn", "reply_seconds", "stream_seconds", "finish_lag"):
         values = result.pop(name)
         result[f"{name}_p50"], result[f"{name}_p99"] = pct(values, 50), pct(values, 99)
         result[f"{name}_max"] = max(values) if values else None
@@ -377,6 +387,14 @@ async def run(args: argparse.Namespace) -> dict:
                 [c.done - a.done for c, a in zip(watchers, askers) if c.done and a.done], 99
             ),
         }
+    if args.timeline:
+        with open(args.timeline, "w") as f:
+            for c in askers + watchers:
+                row = [c.sent, c.turn_at, c.times[0] if c.times else None,
+                       c.times[-1] if c.times else None, c.done]
+                f.write(json.dumps({"watcher": c.watcher, "frames": len(c.times),
+                                    "t": [None if x is None else round(x - t0, 4) for x in row]}))
+                f.write("\n")
     return result
 
 
@@ -395,6 +413,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--connect-concurrency", type=int, default=100)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--timeline", help="write each chat's sent, turn, first and last chunk, "
+                        "finished times (seconds from the first send) here, a JSON line each")
     args = parser.parse_args()
     try:
         import uvloop

@@ -22,9 +22,23 @@ TOKEN = re.compile(r"\s*\S{1,4}|\s+")  # the demo model's tokens
 
 
 async def stream(reply_tokens: list[str], delay: float):
+    """One token per sleep, as the project's demo model does."""
     for token in reply_tokens:
         await asyncio.sleep(delay)
         yield token
+
+
+async def stream_on_schedule(reply_tokens: list[str], delay: float):
+    """Token i is due at start + i * delay; a reader that falls behind gets all due tokens."""
+    loop = asyncio.get_running_loop()
+    start, sent = loop.time(), 0
+    while sent < len(reply_tokens):
+        wait = start + (sent + 1) * delay - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        due = max(sent + 1, int((loop.time() - start) / delay)) if delay else len(reply_tokens)
+        yield "".join(reply_tokens[sent:due])
+        sent = due
 
 
 def main() -> None:
@@ -34,10 +48,14 @@ def main() -> None:
     parser.add_argument("--reply-file", required=True)
     parser.add_argument("--delay", type=float, default=0.005)
     parser.add_argument("--frame-interval", type=float, default=0.03)
+    parser.add_argument("--pacing", choices=["per-token", "schedule"], default="per-token",
+                        help="per-token: sleep before each token; schedule: token i is due at "
+                             "i x delay and late tokens come together (match the demo model)")
     args = parser.parse_args()
     reply = open(args.reply_file).read()
     reply_tokens = TOKEN.findall(reply)
     ids = itertools.count(1)
+    pace = stream if args.pacing == "per-token" else stream_on_schedule
 
     async def handler(ws) -> None:
         async for raw in ws:
@@ -52,7 +70,7 @@ def main() -> None:
             )
             pending: list[str] = []
             last = float("-inf")
-            async for token in stream(reply_tokens, args.delay):
+            async for token in pace(reply_tokens, args.delay):
                 pending.append(token)
                 now = time.monotonic()
                 if now - last >= args.frame_interval:

@@ -241,7 +241,8 @@ def start_server(variant: Variant, floor_reply: Path, count: int, work: Path, ta
     if variant.is_floor:
         command = [sys.executable, str(BENCH / "floor.py"), "--port", str(port),
                    "--reply-file", str(floor_reply), "--delay", str(args.delay),
-                   "--frame-interval", str(args.frame_interval or 0.03)]
+                   "--frame-interval", str(args.frame_interval or 0.03),
+                   "--pacing", args.floor_pacing]
         server = Server(command, BENCH, dict(os.environ), port, log_path, http_ready=False)
     else:
         env = project_env(args, threads=max(200, count + 10))
@@ -269,6 +270,8 @@ def run_client(variant: Variant, plan: Path, count: int, servers: list[Server], 
     command = [sys.executable, str(BENCH / "client.py"), "--plan", str(plan),
                "--count", str(count), "--url", servers[0].url, "--pid", str(servers[0].pid),
                "--out", str(out), "--ramp", str(ramp), "--timeout", str(args.timeout)]
+    if args.timelines:
+        command += ["--timeline", str(args.results / f"timeline-{variant.name}-{tag}.jsonl")]
     if not variant.is_floor:
         command.append("--login")
     if len(servers) > 1:
@@ -506,6 +509,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--delay", type=float, default=0.005, help="seconds between tokens")
     parser.add_argument("--frame-interval", type=float, default=None,
                         help="CHAT_FRAME_INTERVAL (default: the project's own, 0.03)")
+    parser.add_argument("--floor-pacing", choices=["per-token", "schedule"], default="per-token",
+                        help="how the floor paces tokens; match the demo model (chat/llm/demo.py)")
     parser.add_argument("--ramp", type=float, default=None,
                         help="spread the C sends over this many seconds (default: one reply's "
                              "nominal length, tokens x delay; 0 sends all at once)")
@@ -521,6 +526,8 @@ def parse_args() -> argparse.Namespace:
                              "with --smoke)")
     parser.add_argument("--profile", metavar="VARIANT:C",
                         help="record a py-spy flame graph of that run's server")
+    parser.add_argument("--timelines", action="store_true",
+                        help="also write every chat's timings (timeline-*.jsonl) to the results")
     parser.add_argument("--keep", action="store_true", help="keep the generated projects")
     parser.add_argument("--smoke", action="store_true",
                         help="C=10 for every variant and a 10-conversation fan-out; exit 1 if "

@@ -28,6 +28,7 @@ from .streaming import Every, FrameBuffer
 logger = logging.getLogger(__name__)
 
 FAILED = "Something went wrong while writing the reply. Retry in a moment."
+TOO_LONG = "The reply ran past the time limit and was cut off."
 {%- if cookiecutter.channel_layer == "redis" %}
 LAYER_DOWN = "Live updates to your other tabs are paused: Redis is unreachable."
 UNAVAILABLE = "The chat cannot reach Redis right now. Reconnecting..."
@@ -154,18 +155,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         status, error = Message.Status.COMPLETE, ""
         stream = None
         try:
-            history = await database_sync_to_async(services.model_input)(reply)
-            stream = get_chat_model().stream(settings.CHAT_SYSTEM_PROMPT, history)
-            async for piece in stream:
-                parts.append(piece)
-                if text := frames.add(piece):
-                    await self.send_live(fragments.chunk(reply, text))
-                if self.peers and snapshots.due():
-                    snapshot = fragments.snapshot(reply, "".join(parts))
-                    await self.broadcast("chat.html", html=snapshot)
+            async with asyncio.timeout(settings.CHAT_GENERATION_TIMEOUT):
+                history = await database_sync_to_async(services.model_input)(reply)
+                stream = get_chat_model().stream(settings.CHAT_SYSTEM_PROMPT, history)
+                async for piece in stream:
+                    parts.append(piece)
+                    if text := frames.add(piece):
+                        await self.send_live(fragments.chunk(reply, text))
+                    if self.peers and snapshots.due():
+                        snapshot = fragments.snapshot(reply, "".join(parts))
+                        await self.broadcast("chat.html", html=snapshot)
         except asyncio.CancelledError:
             asyncio.current_task().uncancel()
             status = Message.Status.STOPPED
+        except TimeoutError:
+            status, error = Message.Status.ERROR, TOO_LONG
         except ProviderError as exc:
             logger.warning("Reply %s failed at the provider: %r", reply.pk, exc.__cause__ or exc)
             status, error = Message.Status.ERROR, str(exc)

@@ -10,10 +10,11 @@ event that the reply checks between pieces, then closes the upstream stream.
 import asyncio
 import logging
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 {%- if cookiecutter.channel_layer == "redis" %}
 from contextlib import suppress
 {%- endif %}
-from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -32,6 +33,7 @@ from .streaming import Every, FrameBuffer
 logger = logging.getLogger(__name__)
 
 FAILED = "Something went wrong while writing the reply. Retry in a moment."
+TOO_LONG = "The reply ran past the time limit and was cut off."
 {%- if cookiecutter.channel_layer == "redis" %}
 LAYER_DOWN = "Live updates to your other tabs are paused: Redis is unreachable."
 UNAVAILABLE = "The chat cannot reach Redis right now. Reconnecting..."
@@ -161,12 +163,15 @@ class ChatConsumer(WebsocketConsumer):
         parts: list[str] = []
         status, error = Message.Status.COMPLETE, ""
         stream = None
+        deadline = time.monotonic() + settings.CHAT_GENERATION_TIMEOUT
         try:
             history = services.model_input(reply)
             stream = get_chat_model().stream(settings.CHAT_SYSTEM_PROMPT, history)
             for piece in stream:
                 if stop.is_set():
                     break
+                if time.monotonic() > deadline:
+                    raise TimeoutError
                 parts.append(piece)
                 if text := frames.add(piece):
                     self.send_live(fragments.chunk(reply, text))
@@ -175,6 +180,8 @@ class ChatConsumer(WebsocketConsumer):
                     self.broadcast("chat.html", html=snapshot)
             if stop.is_set():
                 status = Message.Status.STOPPED
+        except TimeoutError:
+            status, error = Message.Status.ERROR, TOO_LONG
         except ProviderError as exc:
             logger.warning("Reply %s failed at the provider: %r", reply.pk, exc.__cause__ or exc)
             status, error = Message.Status.ERROR, str(exc)

@@ -214,7 +214,8 @@ CHAT_SYSTEM_PROMPT = os.environ.get("CHAT_SYSTEM_PROMPT", "You are a helpful ass
 CHAT_HISTORY_BUDGET = int(os.environ.get("CHAT_HISTORY_BUDGET", "12000"))
 CHAT_MAX_MESSAGE_LENGTH = int(os.environ.get("CHAT_MAX_MESSAGE_LENGTH", "4000"))
 CHAT_MESSAGES_PER_MINUTE = int(os.environ.get("CHAT_MESSAGES_PER_MINUTE", "20"))
-# A reply still marked streaming after this many seconds is treated as abandoned.
+# A reply is cut off after this many seconds; one still marked streaming after that was
+# abandoned (its server stopped) and no longer blocks the conversation.
 CHAT_GENERATION_TIMEOUT = int(os.environ.get("CHAT_GENERATION_TIMEOUT", "300"))
 # Direct sends are coalesced into one frame per this many seconds of output.
 CHAT_FRAME_INTERVAL = float(os.environ.get("CHAT_FRAME_INTERVAL", "0.03"))

@@ -18,7 +18,9 @@ import redis
 {%- endif %}
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+{%- if cookiecutter.channel_layer == "redis" %}
 from django.conf import settings
+{%- endif %}
 from django.contrib.auth import get_user_model
 from django.test import Client
 
@@ -49,6 +51,11 @@ def redis_is_up():
     finally:
         client.close()
 {%- endif %}
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(autouse=True)

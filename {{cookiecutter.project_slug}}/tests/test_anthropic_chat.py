@@ -1,18 +1,33 @@
-"""AnthropicChat against the real SDK, with HTTP answered by a mock transport or loopback socket."""
+"""AnthropicChat against the real SDK, with HTTP answered by a mock transport or loopback socket.
+
+The last tests drive it through the chat socket, as the consumer does.
+"""
 
 {% if cookiecutter.consumer == "async" -%}
 import asyncio
 {% endif -%}
+import html
 import json
+import logging
 import socket
 
 import httpx2
 import pytest
 
 from chat.llm.anthropic_chat import AnthropicChat
-from chat.llm.base import CUT_OFF, TIMED_OUT, UNREACHABLE, ChatMessage, ProviderError
+from chat.llm.base import (
+    CUT_OFF,
+    TIMED_OUT,
+    UNREACHABLE,
+    ChatMessage,
+    ProviderError,
+    error_for_status,
+)
+from chat.models import Message
 
-API_KEY = "sk-ant-test-0123456789abcdef"
+from .conftest import chunk_text, final_status, read_reply
+
+API_KEY = "sk-ant-test-SECRET-123"
 SYSTEM = "You are terse."
 HISTORY = [
     ChatMessage("user", "Hi"),
@@ -398,3 +413,100 @@ def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
     assert model.client.base_url == "https://llm.example.test"
     assert model.client.timeout == 7.5
     assert AnthropicChat.from_settings().client is model.client
+
+
+# Through the chat: the real SDK behind the real socket, each fault at the HTTP level.
+
+
+@pytest.fixture
+def silent_url():
+    """A server that accepts connections and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+
+def refusing_url() -> str:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+ERROR_KINDS = {401: "authentication_error", 429: "rate_limit_error", 500: "api_error"}
+
+
+def failing_model(fault: str, silent_url: str) -> AnthropicChat:
+    """A model whose next reply fails with this fault."""
+    if fault in ("401", "429", "500"):
+        # An error body that names the key; none of it may reach the user.
+        kind = ERROR_KINDS[int(fault)]
+        error_body = {"type": "error", "error": {"type": kind, "message": f"x-api-key {API_KEY}"}}
+        return model_for(Server(httpx2.Response(int(fault), json=error_body)))
+    if fault == "broken mid-stream":
+        dropped = httpx2.RemoteProtocolError("peer closed connection without sending complete body")
+        return model_for(streaming(Body([*START, text("One"), text(", two")], dropped)))
+    return AnthropicChat(
+        api_key=API_KEY,
+        base_url=silent_url if fault == "timeout" else refusing_url(),
+        model="claude-haiku-4-5",
+        timeout=0.2,
+        max_output_tokens=256,
+        max_retries=0,
+    )
+
+
+def operator_lines(caplog) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "chat.consumers" and record.levelno >= logging.WARNING
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("fault", "message", "partial"),
+    [
+        pytest.param("401", str(error_for_status(401)), "", id="invalid key"),
+        pytest.param("429", str(error_for_status(429)), "", id="rate limited"),
+        pytest.param("500", str(error_for_status(500)), "", id="server error"),
+        pytest.param("timeout", TIMED_OUT, "", id="timeout"),
+        pytest.param("refused", UNREACHABLE, "", id="connection refused"),
+        pytest.param("broken mid-stream", CUT_OFF, "One, two", id="broken mid-stream"),
+    ],
+)
+async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
+    fault, message, partial, silent_url, user, conversation, connect, monkeypatch, caplog
+):
+    failing = failing_model(fault, silent_url)
+    monkeypatch.setattr("chat.consumers.get_chat_model", lambda: failing)
+    chat = await connect(user, conversation.pk)
+
+    await chat.send_to(json.dumps({"message": "Count to three"}))
+    failed = await read_reply(chat)
+
+    stored = await Message.objects.filter(conversation=conversation).alast()
+    assert final_status(failed) == "error"
+    assert not any(API_KEY in frame for frame in failed)
+    assert API_KEY not in stored.error
+    assert chunk_text(failed) == partial
+    assert message in html.unescape(failed[-1])
+    assert 'name="action" value="retry"' in failed[-1]
+    assert (stored.role, stored.content, stored.status) == ("assistant", partial, "error")
+    assert stored.error == message
+    assert operator_lines(caplog)
+
+    server = streaming(Body([*START, text("One"), text(", two"), text(", three."), *END]))
+    healthy = model_for(server)
+    monkeypatch.setattr("chat.consumers.get_chat_model", lambda: healthy)
+    await chat.send_to(json.dumps({"action": "retry"}))
+    retried = await read_reply(chat)
+
+    stored = await Message.objects.filter(conversation=conversation).alast()
+    assert final_status(retried) == "complete"
+    assert chunk_text(retried) == "One, two, three."
+    assert (stored.content, stored.status) == ("One, two, three.", "complete")
+    [request] = server.requests
+    assert json.loads(request.content)["messages"] == [  # the failed reply is left out
+        {"role": "user", "content": "Count to three"}
+    ]
+    assert not any(API_KEY in frame for frame in retried)

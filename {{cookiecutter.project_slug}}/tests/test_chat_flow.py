@@ -190,3 +190,18 @@ async def test_a_provider_failure_keeps_the_partial_reply_explains_and_offers_a_
     assert final_status(frames) == "complete"
     assert [m.content for m in model.calls[0]] == ["tell me"]  # the failed reply is left out
     assert (await messages_of(conversation))[-1] == ("assistant", "A whole answer.", "complete")
+
+
+async def test_a_reply_that_runs_past_the_time_limit_is_cut_off(
+    user, conversation, connect, scripted, settings
+):
+    settings.CHAT_GENERATION_TIMEOUT = 0.5
+    model = scripted([f"w{i} " for i in range(500)], delay=0.01)
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(send("never stop"))
+    frames = await read_reply(socket)
+
+    assert final_status(frames) == "error"
+    assert "time limit" in frames[-1]
+    assert await asyncio.to_thread(model.closed.wait, 5)
+    assert model.yielded < 200

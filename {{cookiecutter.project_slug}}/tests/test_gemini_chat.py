@@ -1,19 +1,34 @@
-"""GeminiChat against the real SDK, with HTTP answered by a mock transport or a loopback socket."""
+"""GeminiChat against the real SDK, with HTTP answered by a mock transport or a loopback socket.
+
+The last tests drive it through the chat socket, as the consumer does.
+"""
 
 {% if cookiecutter.consumer == "async" -%}
 import asyncio
 {% endif -%}
+import html
 import json
+import logging
 import socket
 import threading
 
 import httpx2
 import pytest
 
-from chat.llm.base import CUT_OFF, TIMED_OUT, UNREACHABLE, ChatMessage, ProviderError
+from chat.llm.base import (
+    CUT_OFF,
+    TIMED_OUT,
+    UNREACHABLE,
+    ChatMessage,
+    ProviderError,
+    error_for_status,
+)
 from chat.llm.gemini_chat import GeminiChat
+from chat.models import Message
 
-API_KEY = "AIzaSy-test-0123456789abcdef"
+from .conftest import chunk_text, final_status, read_reply
+
+API_KEY = "AIzaSy-test-SECRET-123"
 SYSTEM = "You are terse."
 HISTORY = [
     ChatMessage("user", "Hi"),
@@ -418,3 +433,116 @@ def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
     options = model.client._api_client.get_read_only_http_options()
     assert (options["base_url"], options["timeout"]) == ("https://llm.example.test", 7500)
     assert GeminiChat.from_settings().client is model.client
+
+
+# Through the chat: the real SDK behind the real socket, each fault at the HTTP level.
+
+
+@pytest.fixture
+def silent_url():
+    """A server that accepts connections and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+
+def refusing_url() -> str:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# Error bodies that name the key; none of it may reach the user.
+ERROR_BODIES = {
+    400: {  # what Gemini answers a wrong key with
+        "code": 400,
+        "message": f"API key not valid: {API_KEY}. Please pass a valid API key.",
+        "status": "INVALID_ARGUMENT",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+            }
+        ],
+    },
+    401: {"code": 401, "message": f"Bad key {API_KEY}", "status": "UNAUTHENTICATED"},
+    429: {"code": 429, "message": f"Quota exceeded for {API_KEY}.", "status": "RESOURCE_EXHAUSTED"},
+    500: {"code": 500, "message": f"Internal error for {API_KEY}.", "status": "INTERNAL"},
+}
+
+
+def failing_model(fault: str, silent_url: str) -> GeminiChat:
+    """A model whose next reply fails with this fault."""
+    if fault.isdigit():
+        error_body = {"error": ERROR_BODIES[int(fault)]}
+        return model_for(Server(httpx2.Response(int(fault), json=error_body)))
+    if fault == "broken mid-stream":
+        dropped = httpx2.RemoteProtocolError("peer closed connection without sending complete body")
+        return model_for(streaming(Body([START, text("One"), text(", two")], dropped)))
+    return GeminiChat(
+        api_key=API_KEY,
+        base_url=silent_url if fault == "timeout" else refusing_url(),
+        model="gemini-2.5-flash",
+        timeout=0.2,
+        max_output_tokens=256,
+        max_retries=0,
+    )
+
+
+def operator_lines(caplog) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "chat.consumers" and record.levelno >= logging.WARNING
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("fault", "message", "partial"),
+    [
+        pytest.param("400", str(error_for_status(401)), "", id="invalid key"),
+        pytest.param("401", str(error_for_status(401)), "", id="unauthenticated"),
+        pytest.param("429", str(error_for_status(429)), "", id="rate limited"),
+        pytest.param("500", str(error_for_status(500)), "", id="server error"),
+        pytest.param("timeout", TIMED_OUT, "", id="timeout"),
+        pytest.param("refused", UNREACHABLE, "", id="connection refused"),
+        pytest.param("broken mid-stream", CUT_OFF, "One, two", id="broken mid-stream"),
+    ],
+)
+async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
+    fault, message, partial, silent_url, user, conversation, connect, monkeypatch, caplog
+):
+    failing = failing_model(fault, silent_url)
+    monkeypatch.setattr("chat.consumers.get_chat_model", lambda: failing)
+    chat = await connect(user, conversation.pk)
+
+    await chat.send_to(json.dumps({"message": "Count to three"}))
+    failed = await read_reply(chat)
+
+    stored = await Message.objects.filter(conversation=conversation).alast()
+    assert final_status(failed) == "error"
+    assert not any(API_KEY in frame for frame in failed)
+    assert API_KEY not in stored.error
+    assert chunk_text(failed) == partial
+    assert message in html.unescape(failed[-1])
+    assert 'name="action" value="retry"' in failed[-1]
+    assert (stored.role, stored.content, stored.status) == ("assistant", partial, "error")
+    assert stored.error == message
+    assert operator_lines(caplog)
+
+    server = streaming(Body([START, text("One"), text(", two"), text(", three."), END]))
+    healthy = model_for(server)
+    monkeypatch.setattr("chat.consumers.get_chat_model", lambda: healthy)
+    await chat.send_to(json.dumps({"action": "retry"}))
+    retried = await read_reply(chat)
+
+    stored = await Message.objects.filter(conversation=conversation).alast()
+    assert final_status(retried) == "complete"
+    assert chunk_text(retried) == "One, two, three."
+    assert (stored.content, stored.status) == ("One, two, three.", "complete")
+    [request] = server.requests
+    assert json.loads(request.content)["contents"] == [  # the failed reply is left out
+        {"role": "user", "parts": [{"text": "Count to three"}]}
+    ]
+    assert not any(API_KEY in frame for frame in retried)

@@ -1,15 +1,16 @@
 from django.conf import settings
 
+{% if cookiecutter.llm_provider == "anthropic" -%}
+from .anthropic_chat import AnthropicChat
+{% endif -%}
 from .base import ChatMessage, ChatModel, ProviderError
 from .demo import DemoModel
-{%- if cookiecutter.llm_provider == "openai" %}
-from .openai_chat import OpenAIChat
-{%- elif cookiecutter.llm_provider == "anthropic" %}
-from .anthropic_chat import AnthropicChat
-{%- elif cookiecutter.llm_provider == "gemini" %}
+{%- if cookiecutter.llm_provider == "gemini" %}
 from .gemini_chat import GeminiChat
 {%- elif cookiecutter.llm_provider == "ollama" %}
 from .ollama_chat import OllamaChat
+{%- elif cookiecutter.llm_provider == "openai" %}
+from .openai_chat import OpenAIChat
 {%- endif %}
 
 __all__ = ["ChatMessage", "ChatModel", "ProviderError", "get_chat_model"]

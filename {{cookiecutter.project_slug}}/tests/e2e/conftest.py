@@ -2,13 +2,14 @@
 
 Run with `uv run pytest -m e2e` (the default `uv run pytest` leaves these tests out).
 
-The server is `uvicorn config.asgi:application` on a free loopback port, with production
-settings (DJANGO_DEBUG=false: secure cookies, HSTS, the production Content-Security-Policy),
-except that it speaks plain HTTP: SECURE_SSL_REDIRECT is off. Chromium treats loopback as
-a secure context, so it keeps and sends the Secure session and CSRF cookies over http.
-It has a SQLite database of its own, and the offline demo model answers slowly enough
-(E2E_DEMO_MODEL_DELAY seconds per token) for a test to watch a reply grow. With a channel
-layer that talks to a server (Redis), the server under test uses that real server.
+The server is `uvicorn config.asgi:application` on a free loopback port, with the
+project's production settings (DJANGO_DEBUG=false: Secure cookies, HSTS, the production
+Content-Security-Policy) over plain HTTP (DJANGO_SECURE_SSL_REDIRECT=false): Chromium counts
+loopback as a secure context, so it keeps and sends the Secure cookies there. It has a
+SQLite database of its own, and a few settings of its own (SETTINGS_OVERRIDES below): the
+offline demo model always answers, slowly enough (E2E_DEMO_MODEL_DELAY seconds per token)
+for a test to watch a reply grow. With a channel layer that talks to a server (Redis), the
+server under test uses that real server.
 
 Every test saves a screenshot of each page it opened in test-results/e2e/; when a test
 fails, the page's HTML and browser console log are kept next to it, and server.log has
@@ -36,7 +37,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 RESULTS_DIR = PROJECT_DIR / "test-results" / "e2e"
 
-CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 DEMO_MODEL_DELAY = os.environ.get("E2E_DEMO_MODEL_DELAY", "0.02")
 SERVER_START_TIMEOUT = 30
@@ -50,8 +51,10 @@ from config.settings import *  # noqa: F403
 # Always the offline demo model, whatever provider .env configures.
 LLM_API_KEY = ""
 LLM_BASE_URL = None
-# Static files collected for this run only (WhiteNoise serves STATIC_ROOT when not DEBUG).
-STATIC_ROOT = {static_root!r}
+# WhiteNoise serves the apps' static files where they are, without a collectstatic run.
+WHITENOISE_USE_FINDERS = True
+# Test accounts only: a fast hasher, so that signing up takes no noticeable time.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # A channel layer that talks to a shared server (Redis pub/sub channels are shared by
 # every client, whatever the database number): a prefix of this run's own keeps runs of
 # other projects on the same server from hearing this one.
@@ -91,11 +94,8 @@ class Server:
         self.log_path = log_path
         self.port = free_port()
         self.process: subprocess.Popen | None = None
-        static_root = workdir / "static"
         (workdir / "e2e_settings.py").write_text(
-            SETTINGS_OVERRIDES.format(
-                static_root=str(static_root), prefix=f"e2e-{uuid.uuid4().hex[:8]}"
-            )
+            SETTINGS_OVERRIDES.format(prefix=f"e2e-{uuid.uuid4().hex[:8]}")
         )
         self.env = {
             **os.environ,
@@ -113,25 +113,19 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def prepare(self) -> None:
-        """Migrate the database and collect the static files, side by side."""
-        commands = [["migrate", "--no-input"], ["collectstatic", "--no-input"]]
-        running = [
-            subprocess.Popen(  # noqa: S603
-                [sys.executable, "manage.py", *command, "--verbosity=0"],
-                cwd=PROJECT_DIR,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for command in commands
-        ]
-        for command, process in zip(commands, running, strict=True):
-            output, _ = process.communicate(timeout=120)
-            if process.returncode:
-                pytest.fail(f"manage.py {command[0]} failed:\n{output}", pytrace=False)
+    def migrate(self) -> None:
+        result = subprocess.run(  # noqa: S603
+            [sys.executable, "manage.py", "migrate", "--no-input", "--verbosity=0"],
+            cwd=PROJECT_DIR,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode:
+            pytest.fail(f"manage.py migrate failed:\n{result.stdout}{result.stderr}", pytrace=False)
 
     def start(self) -> None:
         assert self.process is None, "the server is already running"
@@ -196,7 +190,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, results_dir: Path) -> Itera
     if problem:
         pytest.fail(f"The end-to-end tests need {problem}", pytrace=False)
     server = Server(tmp_path_factory.mktemp("e2e-server"), results_dir / "server.log")
-    server.prepare()
+    server.migrate()
     server.start()
     yield server
     server.stop()
@@ -210,7 +204,7 @@ def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(
             f"No Chromium at {CHROMIUM}: install Debian's (apt-get install chromium) or set "
-            "E2E_CHROMIUM. (These tests never download a browser.)",
+            "CHROMIUM_PATH. (These tests never download a browser.)",
             pytrace=False,
         )
     with sync_playwright() as playwright:

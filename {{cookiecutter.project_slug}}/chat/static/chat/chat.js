@@ -26,6 +26,14 @@ document.body.addEventListener("htmx:wsAfterMessage", () => {
   if (list && following) list.scrollTop = list.scrollHeight;
 });
 
+// After the server went away, try again soon once it is back. htmx's default backoff
+// doubles up to 64 s between attempts, so a page could sit "reconnecting" for a minute
+// after a restart; keep the jitter (pages do not all come back at once), cap it at 5 s.
+htmx.config.wsReconnectDelay = (retryCount) => {
+  const ceiling = Math.min(1000 * 2 ** retryCount, 5000);
+  return ceiling / 2 + (Math.random() * ceiling) / 2;
+};
+
 document.body.addEventListener("htmx:wsOpen", () => { document.body.dataset.connection = "open"; });
 document.body.addEventListener("htmx:wsClose", () => { document.body.dataset.connection = "closed"; });
 

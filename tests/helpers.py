@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -73,11 +75,33 @@ COMBOS = [
 ]
 
 
+@functools.cache
+def shippable_template() -> Path:
+    """A copy of the template holding only what git would ship.
+
+    Caches and test output that tools leave in a working tree (.ruff_cache, __pycache__,
+    test-results) would otherwise be rendered as templates, and binary ones break Jinja.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=TEMPLATE_DIR,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    copy = Path(tempfile.mkdtemp(prefix="template-")) / TEMPLATE_DIR.name
+    for name in filter(None, listed.split("\0")):
+        source = TEMPLATE_DIR / name
+        if source.is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / name)
+    return copy
+
+
 def generate_project(output_dir: Path, config_file: Path, **extra_context: str) -> Path:
     """Generate a project from this template without prompting; returns its directory."""
     return Path(
         cookiecutter(
-            str(TEMPLATE_DIR),
+            str(shippable_template()),
             no_input=True,
             extra_context=extra_context,
             output_dir=str(output_dir),

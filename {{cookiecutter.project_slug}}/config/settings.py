@@ -84,12 +84,15 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Streams write from several threads; wait for the write lock instead of failing.
+    # Replies write from several threads; wait for the write lock instead of failing.
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    # Tests too: an in-memory test database shares one cache whose table locks ignore that
+    # timeout, so concurrent replies would fail with "database table is locked".
+    DATABASES["default"]["TEST"] = {"NAME": BASE_DIR / "test-db.sqlite3"}
 
 # Authentication
 # https://docs.djangoproject.com/en/6.1/topics/auth/default/

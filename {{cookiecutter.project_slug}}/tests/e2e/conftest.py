@@ -53,6 +53,7 @@ LLM_API_KEY = ""
 LLM_BASE_URL = None
 # WhiteNoise serves the apps' static files where they are, without a collectstatic run.
 WHITENOISE_USE_FINDERS = True
+STATIC_ROOT = {static_root!r}
 # Test accounts only: a fast hasher, so that signing up takes no noticeable time.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # A channel layer that talks to a shared server (Redis pub/sub channels are shared by
@@ -94,8 +95,11 @@ class Server:
         self.log_path = log_path
         self.port = free_port()
         self.process: subprocess.Popen | None = None
+        (workdir / "static").mkdir()
         (workdir / "e2e_settings.py").write_text(
-            SETTINGS_OVERRIDES.format(prefix=f"e2e-{uuid.uuid4().hex[:8]}")
+            SETTINGS_OVERRIDES.format(
+                static_root=str(workdir / "static"), prefix=f"e2e-{uuid.uuid4().hex[:8]}"
+            )
         )
         self.env = {
             **os.environ,
@@ -215,15 +219,16 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+failed_key = pytest.StashKey[bool]()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Remember a failure, so that the test's teardown keeps its pages' HTML and console."""
     report = yield
     if report.failed:
-        item.stash.setdefault(failed_key, True)
+        item.stash[failed_key] = True
     return report
-
-
-failed_key = pytest.StashKey[bool]()
 
 
 class Browsing:
@@ -274,7 +279,7 @@ class Browsing:
                 page.screenshot(path=RESULTS_DIR / f"{stem}.png", animations="disabled")
                 if failed:
                     (RESULTS_DIR / f"{stem}.html").write_text(page.content())
-            except Exception as error:  # noqa: BLE001 - artifacts must not hide the failure
+            except Exception as error:  # noqa: BLE001 (artifacts must not hide the failure)
                 (RESULTS_DIR / f"{stem}.error.txt").write_text(repr(error))
             if failed:
                 (RESULTS_DIR / f"{stem}.console.log").write_text(

@@ -39,6 +39,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 TEMPLATE = BENCH.parent
 DEFAULT_PYTHON = "/root/.pyenv/versions/3.13.0/bin/python3"
+LOAD_AT_START = os.getloadavg()
 VARIANTS = ["floor", "async-in-memory", "async-redis", "sync-in-memory", "sync-redis"]
 PROJECT_SLUG = "benchchat"
 
@@ -289,7 +290,8 @@ def run_client(variant: Variant, plan: Path, count: int, servers: list[Server], 
         folded = args.results / f"profile-{variant.name}-{count}.txt"
         profiler = subprocess.Popen(
             ["py-spy", "record", "--pid", str(servers[0].pid), "--output", str(folded),
-             "--format", "raw", "--rate", "100", "--threads", "--nonblocking", "--gil"],
+             "--format", "raw", "--rate", "100", "--threads", "--nonblocking",
+             *(["--idle"] if args.profile_idle else ["--gil"])],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         time.sleep(1)
@@ -342,7 +344,7 @@ def machine() -> dict:
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
         mem = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) * 1024
     return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem / 2**30),
-            "kernel": platform.release(), "load_average_at_start": os.getloadavg()}
+            "kernel": platform.release(), "load_average_at_start": LOAD_AT_START}
 
 
 def versions(variant: Variant | None) -> dict:
@@ -535,6 +537,8 @@ def parse_args() -> argparse.Namespace:
                              "with --smoke)")
     parser.add_argument("--profile", metavar="VARIANT:C",
                         help="record a py-spy flame graph of that run's server")
+    parser.add_argument("--profile-idle", action="store_true",
+                        help="profile wall time of every thread (waits included), not GIL time")
     parser.add_argument("--timelines", action="store_true",
                         help="also write every chat's timings (timeline-*.jsonl) to the results")
     parser.add_argument("--keep", action="store_true", help="keep the generated projects")

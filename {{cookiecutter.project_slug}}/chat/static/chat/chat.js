@@ -34,8 +34,39 @@ htmx.config.wsReconnectDelay = (retryCount) => {
   return ceiling / 2 + (Math.random() * ceiling) / 2;
 };
 
-document.body.addEventListener("htmx:wsOpen", () => { document.body.dataset.connection = "open"; });
+// The connection's state shows as "Reconnecting…" (chat.css); a reconnect catches up.
+document.body.addEventListener("htmx:wsOpen", () => {
+  const reconnected = document.body.dataset.connection === "closed";
+  document.body.dataset.connection = "open";
+  if (reconnected) catchUp();
+});
 document.body.addEventListener("htmx:wsClose", () => { document.body.dataset.connection = "closed"; });
+
+// A reply that was streaming when the connection dropped may have ended meanwhile (a
+// server restart stops it) without the page hearing of it: show such replies as stored.
+async function catchUp() {
+  const stale = [...document.querySelectorAll("#messages article.message.streaming")];
+  if (!stale.length) return;
+  let stored;
+  try {
+    const response = await fetch(location.href, { credentials: "same-origin" });
+    if (!response.ok) return;
+    stored = new DOMParser().parseFromString(await response.text(), "text/html");
+  } catch {
+    return; // offline again: the next reconnect tries again
+  }
+  for (const article of stale) {
+    const latest = stored.getElementById(article.id);
+    // Skip what changed live meanwhile, and what is still being written (another process).
+    if (!article.classList.contains("streaming") || !latest) continue;
+    if (latest.classList.contains("streaming")) continue;
+    const fresh = document.importNode(latest, true);
+    article.replaceWith(fresh);
+    htmx.process(fresh); // its Retry form sends over the socket
+  }
+  const stop = document.getElementById("stop-form");
+  if (stop && !document.querySelector("#messages article.message.streaming")) stop.hidden = true;
+}
 
 window.addEventListener("load", () => {
   const list = document.getElementById("messages");

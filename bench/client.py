@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import html
 import http.client
 import json
@@ -27,6 +28,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
+from pathlib import Path
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -36,7 +38,8 @@ TURN = re.compile(r'<article id="message-(\d+)" class="message assistant streami
 CHUNK = re.compile(r'<div id="message-(\d+)-text" hx-swap-oob="beforeend">(.*)</div>\s*$', re.S)
 SNAPSHOT = re.compile(r'<div id="message-(\d+)-text" hx-swap-oob="innerHTML">(.*)</div>\s*$', re.S)
 FINISHED = re.compile(
-    r'<article id="message-(\d+)" class="message assistant (\w+)" hx-swap-oob="true">(.*?)</article>',
+    r'<article id="message-(\d+)" class="message assistant (\w+)" hx-swap-oob="true">'
+    r"(.*?)</article>",
     re.S,
 )
 NOTICE = re.compile(r'<article class="message notice"[^>]*>(.*?)</article>', re.S)
@@ -229,10 +232,8 @@ def check(chat: Chat, reply: str) -> None:
 async def close_all(chats: list[Chat]) -> None:
     async def close(chat: Chat) -> None:
         if chat.ws is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing is best effort
                 await chat.ws.close()
-            except Exception:  # noqa: BLE001, S110 - closing is best effort
-                pass
 
     try:
         async with asyncio.timeout(20):
@@ -249,7 +250,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    plan = json.loads(open(args.plan).read())
+    plan = json.loads(Path(args.plan).read_text())
     reply, message = plan["reply"], plan["message"]
     frame = json.dumps({"message": message})
     pids = args.pid + args.watch_pid
@@ -284,7 +285,8 @@ async def run(args: argparse.Namespace) -> dict:
 
     # Open every socket, askers first so that the watchers' presence reaches them.
     askers = [
-        Chat(i, c["conversation"], c["cookie"]) for i, c in enumerate(plan["chats"][1 : args.count + 1])
+        Chat(i, c["conversation"], c["cookie"])
+        for i, c in enumerate(plan["chats"][1 : args.count + 1])
     ]
     watchers = (
         [Chat(c.index, c.conversation, c.cookie, watcher=True) for c in askers]
@@ -378,22 +380,49 @@ async def run(args: argparse.Namespace) -> dict:
             "failed": sum(1 for c in watchers if c.error),
             "snapshots_per_reply": sum(c.snapshots for c in watchers) / len(watchers),
             "first_snapshot_p99": pct(
-                [c.times[0] - a.sent for c, a in zip(watchers, askers) if c.times and a.sent], 99
+                [
+                    c.times[0] - a.sent
+                    for c, a in zip(watchers, askers, strict=True)
+                    if c.times and a.sent
+                ],
+                99,
             ),
             "finished_lag_p50": pct(
-                [c.done - a.done for c, a in zip(watchers, askers) if c.done and a.done], 50
+                [
+                    c.done - a.done
+                    for c, a in zip(watchers, askers, strict=True)
+                    if c.done and a.done
+                ],
+                50,
             ),
             "finished_lag_p99": pct(
-                [c.done - a.done for c, a in zip(watchers, askers) if c.done and a.done], 99
+                [
+                    c.done - a.done
+                    for c, a in zip(watchers, askers, strict=True)
+                    if c.done and a.done
+                ],
+                99,
             ),
         }
     if args.timeline:
         with open(args.timeline, "w") as f:
             for c in askers + watchers:
-                row = [c.sent, c.turn_at, c.times[0] if c.times else None,
-                       c.times[-1] if c.times else None, c.done]
-                f.write(json.dumps({"watcher": c.watcher, "frames": len(c.times),
-                                    "t": [None if x is None else round(x - t0, 4) for x in row]}))
+                row = [
+                    c.sent,
+                    c.turn_at,
+                    c.times[0] if c.times else None,
+                    c.times[-1] if c.times else None,
+                    c.done,
+                ]
+                f.write(
+                    json.dumps(
+                        {
+                            "watcher": c.watcher,
+                            "frames": len(c.times),
+                            "t": [None if x is None else round(x - t0, 4) for x in row],
+                        }
+                    )
+                )
                 f.write("\n")
     return result
 
@@ -413,8 +442,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--connect-concurrency", type=int, default=100)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--timeline", help="write each chat's sent, turn, first and last chunk, "
-                        "finished times (seconds from the first send) here, a JSON line each")
+    parser.add_argument(
+        "--timeline",
+        help="write each chat's sent, turn, first and last chunk, "
+        "finished times (seconds from the first send) here, a JSON line each",
+    )
     args = parser.parse_args()
     try:
         import uvloop

@@ -48,11 +48,16 @@ def main() -> None:
     parser.add_argument("--reply-file", required=True)
     parser.add_argument("--delay", type=float, default=0.005)
     parser.add_argument("--frame-interval", type=float, default=0.03)
-    parser.add_argument("--pacing", choices=["per-token", "schedule"], default="per-token",
-                        help="per-token: sleep before each token; schedule: token i is due at "
-                             "i x delay and late tokens come together (match the demo model)")
+    parser.add_argument(
+        "--pacing",
+        choices=["per-token", "schedule"],
+        default="per-token",
+        help="per-token: sleep before each token; schedule: token i is due at "
+        "i x delay and late tokens come together (match the demo model)",
+    )
     args = parser.parse_args()
-    reply = open(args.reply_file).read()
+    with open(args.reply_file) as f:
+        reply = f.read()
     reply_tokens = TOKEN.findall(reply)
     ids = itertools.count(1)
     pace = stream if args.pacing == "per-token" else stream_on_schedule
@@ -77,7 +82,9 @@ def main() -> None:
                     last = now
                     text = html.escape("".join(pending))
                     pending.clear()
-                    await ws.send(f'<div id="message-{n}-text" hx-swap-oob="beforeend">{text}</div>')
+                    await ws.send(
+                        f'<div id="message-{n}-text" hx-swap-oob="beforeend">{text}</div>'
+                    )
             if pending:
                 text = html.escape("".join(pending))
                 await ws.send(f'<div id="message-{n}-text" hx-swap-oob="beforeend">{text}</div>')

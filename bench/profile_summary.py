@@ -21,8 +21,10 @@ def main() -> None:
     threads: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     leaves: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     totals: collections.Counter = collections.Counter()
-    for line in open(args.profile):
-        stack, _, count = line.rstrip("\n").rpartition(" ")
+    with open(args.profile) as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
         if not stack:
             continue
         n = int(count)

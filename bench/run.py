@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,12 @@ class Variant:
     dir: Path | None = None  # the generated project
     plans: dict[int, Path] = field(default_factory=dict)
     logged_in: bool = False
+    database_created: bool = False
+
+    @property
+    def database(self) -> str:
+        """The PostgreSQL database of this variant, with --db postgres."""
+        return f"chatbench_{os.getpid()}_{self.name.replace('-', '_')}"
 
     @property
     def is_floor(self) -> bool:
@@ -98,7 +105,7 @@ class Variant:
 # ------------------------------------------------------------------------ preparation
 
 
-def project_env(args: argparse.Namespace, threads: int = 200) -> dict[str, str]:
+def project_env(args: argparse.Namespace, variant: Variant, threads: int = 200) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -127,8 +134,23 @@ def project_env(args: argparse.Namespace, threads: int = 200) -> dict[str, str]:
     if args.frame_interval is not None:
         env["CHAT_FRAME_INTERVAL"] = str(args.frame_interval)
     if args.db == "postgres":
-        env["DATABASE_URL"] = args.postgres_url
+        env["DATABASE_URL"] = postgres_url(args, variant.database)
     return env
+
+
+def postgres_url(args: argparse.Namespace, database: str) -> str:
+    """args.postgres_url with another database name."""
+    url = urllib.parse.urlsplit(args.postgres_url)
+    return urllib.parse.urlunsplit(url._replace(path=f"/{database}"))
+
+
+def postgres(args: argparse.Namespace, python: str, statement: str) -> None:
+    """Run one statement (CREATE or DROP DATABASE) on the server of --postgres-url."""
+    code = (
+        "import sys, psycopg\n"
+        "with psycopg.connect(sys.argv[1], autocommit=True) as c: c.execute(sys.argv[2])"
+    )
+    run_checked([python, "-c", code, args.postgres_url, statement], BENCH, dict(os.environ))
 
 
 def generate(variant: Variant, work: Path, args: argparse.Namespace) -> None:
@@ -156,29 +178,40 @@ def generate(variant: Variant, work: Path, args: argparse.Namespace) -> None:
 def prepare(variant: Variant, runs: list[int], work: Path, args: argparse.Namespace) -> None:
     """Install, migrate and seed one generated project."""
     started = time.monotonic()
-    env = project_env(args)
+    env = project_env(args, variant)
     run_checked(["uv", "sync", "--no-dev", "--quiet"], variant.dir, env)
     python = str(variant.dir / ".venv" / "bin" / "python")
     if args.db == "postgres":
-        run_checked(["uv", "pip", "install", "--quiet", "--python", python, "psycopg[binary]"],
-                    variant.dir, env)
-        reset = (
-            "from django.db import connection\n"
-            "with connection.cursor() as c:\n"
-            "    c.execute('DROP SCHEMA public CASCADE'); c.execute('CREATE SCHEMA public')\n"
+        run_checked(
+            ["uv", "pip", "install", "--quiet", "--python", python, "psycopg[binary]"],
+            variant.dir,
+            env,
         )
-        run_checked([python, "manage.py", "shell", "-c", reset], variant.dir, env)
+        # A database of this run's own, dropped at the end: never touch the named one.
+        postgres(args, python, f'DROP DATABASE IF EXISTS "{variant.database}"')
+        postgres(args, python, f'CREATE DATABASE "{variant.database}"')
+        variant.database_created = True
     run_checked([python, "manage.py", "migrate", "-v0"], variant.dir, env)
     plans = work / variant.name / "plans"
     run_checked(
-        [python, str(BENCH / "seed.py"), "--runs", ",".join(map(str, runs)),
-         "--tokens", str(args.tokens), "--out-dir", str(plans)],
+        [
+            python,
+            str(BENCH / "seed.py"),
+            "--runs",
+            ",".join(map(str, runs)),
+            "--tokens",
+            str(args.tokens),
+            "--out-dir",
+            str(plans),
+        ],
         variant.dir,
         env,
     )
     variant.plans = {i: plans / f"plan-{i}.json" for i in range(len(runs))}
-    log(f"{variant.name}: installed, migrated, seeded in "
-        f"{time.monotonic() - started:.0f} s ({variant.dir})")
+    log(
+        f"{variant.name}: installed, migrated, seeded in "
+        f"{time.monotonic() - started:.0f} s ({variant.dir})"
+    )
 
 
 # ---------------------------------------------------------------------------- servers
@@ -187,15 +220,21 @@ def prepare(variant: Variant, runs: list[int], work: Path, args: argparse.Namesp
 class Server:
     """One server process on 127.0.0.1; stopped (and if need be killed) on exit."""
 
-    def __init__(self, command: list[str], cwd: Path, env: dict, port: int, log_path: Path,
-                 http_ready: bool) -> None:
+    def __init__(
+        self, command: list[str], cwd: Path, env: dict, port: int, log_path: Path, http_ready: bool
+    ) -> None:
         self.port = port
         self.log_path = log_path
         self.http_ready = http_ready
         self.log_file = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-            stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.pid = self.process.pid
 
@@ -236,27 +275,56 @@ class Server:
         self.log_file.close()
 
 
-def start_server(variant: Variant, floor_reply: Path, count: int, work: Path, tag: str,
-                 args: argparse.Namespace) -> Server:
+def start_server(
+    variant: Variant, floor_reply: Path, count: int, work: Path, tag: str, args: argparse.Namespace
+) -> Server:
     port = free_port()
     log_path = work / f"server-{variant.name}-{tag}.log"
     if variant.is_floor:
-        command = [sys.executable, str(BENCH / "floor.py"), "--port", str(port),
-                   "--reply-file", str(floor_reply), "--delay", str(args.delay),
-                   "--frame-interval", str(args.frame_interval or 0.03),
-                   "--pacing", args.floor_pacing]
+        command = [
+            sys.executable,
+            str(BENCH / "floor.py"),
+            "--port",
+            str(port),
+            "--reply-file",
+            str(floor_reply),
+            "--delay",
+            str(args.delay),
+            "--frame-interval",
+            str(args.frame_interval or 0.03),
+            "--pacing",
+            args.floor_pacing,
+        ]
         server = Server(command, BENCH, dict(os.environ), port, log_path, http_ready=False)
     else:
-        env = project_env(args, threads=max(200, count + 10))
+        env = project_env(args, variant, threads=max(200, count + 10))
         bin_dir = variant.dir / ".venv" / "bin"
         if args.server == "daphne":
-            command = [str(bin_dir / "daphne"), "-b", "127.0.0.1", "-p", str(port),
-                       "config.asgi:application"]
+            command = [
+                str(bin_dir / "daphne"),
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "config.asgi:application",
+            ]
         else:
-            command = [str(bin_dir / "uvicorn"), "config.asgi:application",
-                       "--host", "127.0.0.1", "--port", str(port),
-                       "--ws-per-message-deflate", "false", "--log-level", "warning",
-                       "--backlog", "4096", "--timeout-graceful-shutdown", "3"]
+            command = [
+                str(bin_dir / "uvicorn"),
+                "config.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--ws-per-message-deflate",
+                "false",
+                "--log-level",
+                "warning",
+                "--backlog",
+                "4096",
+                "--timeout-graceful-shutdown",
+                "3",
+            ]
         server = Server(command, variant.dir, env, port, log_path, http_ready=True)
     try:
         server.wait_ready()
@@ -266,12 +334,35 @@ def start_server(variant: Variant, floor_reply: Path, count: int, work: Path, ta
     return server
 
 
-def run_client(variant: Variant, plan: Path, count: int, servers: list[Server], work: Path,
-               tag: str, args: argparse.Namespace, ramp: float) -> dict:
+def run_client(
+    variant: Variant,
+    plan: Path,
+    count: int,
+    servers: list[Server],
+    work: Path,
+    tag: str,
+    args: argparse.Namespace,
+    ramp: float,
+) -> dict:
     out = work / f"result-{variant.name}-{tag}.json"
-    command = [sys.executable, str(BENCH / "client.py"), "--plan", str(plan),
-               "--count", str(count), "--url", servers[0].url, "--pid", str(servers[0].pid),
-               "--out", str(out), "--ramp", str(ramp), "--timeout", str(args.timeout)]
+    command = [
+        sys.executable,
+        str(BENCH / "client.py"),
+        "--plan",
+        str(plan),
+        "--count",
+        str(count),
+        "--url",
+        servers[0].url,
+        "--pid",
+        str(servers[0].pid),
+        "--out",
+        str(out),
+        "--ramp",
+        str(ramp),
+        "--timeout",
+        str(args.timeout),
+    ]
     if args.timelines:
         command += ["--timeline", str(args.results / f"timeline-{variant.name}-{tag}.jsonl")]
     if not variant.is_floor and not variant.logged_in:
@@ -289,15 +380,29 @@ def run_client(variant: Variant, plan: Path, count: int, servers: list[Server], 
         # Collapsed stacks, one line per stack with its sample count (flamegraph.pl input).
         folded = args.results / f"profile-{variant.name}-{count}.txt"
         profiler = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(servers[0].pid), "--output", str(folded),
-             "--format", "raw", "--rate", "100", "--threads", "--nonblocking",
-             *(["--idle"] if args.profile_idle else ["--gil"])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(servers[0].pid),
+                "--output",
+                str(folded),
+                "--format",
+                "raw",
+                "--rate",
+                "100",
+                "--threads",
+                "--nonblocking",
+                *(["--idle"] if args.profile_idle else ["--gil"]),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
         time.sleep(1)
     try:
-        subprocess.run(command, cwd=BENCH, stdin=subprocess.DEVNULL, check=True,
-                       timeout=args.timeout + 300)
+        subprocess.run(
+            command, cwd=BENCH, stdin=subprocess.DEVNULL, check=True, timeout=args.timeout + 300
+        )
     finally:
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
@@ -308,8 +413,16 @@ def run_client(variant: Variant, plan: Path, count: int, servers: list[Server], 
     return result
 
 
-def measure(variant: Variant, plan: Path, count: int, floor_reply: Path, work: Path,
-            args: argparse.Namespace, ramp: float, fanout: bool = False) -> dict:
+def measure(
+    variant: Variant,
+    plan: Path,
+    count: int,
+    floor_reply: Path,
+    work: Path,
+    args: argparse.Namespace,
+    ramp: float,
+    fanout: bool = False,
+) -> dict:
     tag = f"{'fanout-' if fanout else ''}{count}"
     servers = [start_server(variant, floor_reply, count, work, tag, args)]
     try:
@@ -319,13 +432,21 @@ def measure(variant: Variant, plan: Path, count: int, floor_reply: Path, work: P
     except Exception as error:  # noqa: BLE001 - a broken run is a row of failures
         tails = "\n".join(s.tail() for s in servers)
         log(f"{variant.name} C={count}: run failed: {error}\n{tails}")
-        result = {"count": count, "completed": 0, "failed": count,
-                  "errors": {f"run failed: {error}"[:300]: count}}
+        result = {
+            "count": count,
+            "completed": 0,
+            "failed": count,
+            "errors": {f"run failed: {error}"[:300]: count},
+        }
     finally:
         for server in servers:
             server.stop()
-    result.update(variant=variant.name, fanout=fanout,
-                  server="floor" if variant.is_floor else args.server, ramp=ramp)
+    result.update(
+        variant=variant.name,
+        fanout=fanout,
+        server="floor" if variant.is_floor else args.server,
+        ramp=ramp,
+    )
     return result
 
 
@@ -339,23 +460,37 @@ def fmt(value: float | None, scale: float = 1, digits: int = 0) -> str:
 def machine() -> dict:
     cpu = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), ""
+        )
     mem = 0
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
         mem = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) * 1024
-    return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem / 2**30),
-            "kernel": platform.release(), "load_average_at_start": LOAD_AT_START}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem / 2**30),
+        "kernel": platform.release(),
+        "load_average_at_start": LOAD_AT_START,
+    }
 
 
 def versions(variant: Variant | None) -> dict:
     if variant is None or variant.dir is None:
         return {}
-    code = ("import importlib.metadata as m, sys, json; print(json.dumps({'python': sys.version"
-            ".split()[0], **{n: m.version(n) for n in ('django', 'channels', 'uvicorn', "
-            "'websockets', 'daphne')}}))")
+    code = (
+        "import importlib.metadata as m, sys, json; print(json.dumps({'python': sys.version"
+        ".split()[0], **{n: m.version(n) for n in ('django', 'channels', 'uvicorn', "
+        "'websockets', 'daphne')}}))"
+    )
     with contextlib.suppress(Exception):
-        out = subprocess.run([str(variant.dir / ".venv" / "bin" / "python"), "-c", code],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+        out = subprocess.run(
+            [str(variant.dir / ".venv" / "bin" / "python"), "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         return json.loads(out)
     return {}
 
@@ -401,7 +536,8 @@ def markdown(meta: dict, rows: list[dict], fanout_rows: list[dict]) -> str:
         f"Server: {meta['server']}, single process; database: {meta['db']}. "
         f"Each chat: one message, a reply of {meta['tokens']} tokens "
         f"{meta['delay'] * 1000:g} ms apart; sends spread over {meta['ramp']:g} s. "
-        + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+        + ".",
         "",
         "| variant | C | ok / failed | TTFC p50 ms | TTFC p99 ms | gap p99 ms | tok/s | "
         "x floor | frames/s | CPU s / 1k tok | peak RSS MB | KB / conn | client CPU |",
@@ -412,6 +548,9 @@ def markdown(meta: dict, rows: list[dict], fanout_rows: list[dict]) -> str:
         cpu = r.get("server_cpu_seconds")
         window = r.get("window_seconds")
         per_conn = None
+        client_share = None
+        if window and "client_cpu_seconds" in r:
+            client_share = r["client_cpu_seconds"] / window
         if r.get("server_peak_rss") and r.get("server_baseline_rss") is not None:
             per_conn = (r["server_peak_rss"] - r["server_baseline_rss"]) / r["count"] / 1024
         lines.append(
@@ -421,7 +560,7 @@ def markdown(meta: dict, rows: list[dict], fanout_rows: list[dict]) -> str:
             f"{fmt(r.get('floor_ratio'), 1, 2)} | {fmt(r.get('frames_per_second'))} | "
             f"{fmt(cpu / tokens * 1000 if cpu is not None and tokens else None, 1, 3)} | "
             f"{fmt(r.get('server_peak_rss'), 1 / 2**20)} | {fmt(per_conn)} | "
-            f"{fmt(r['client_cpu_seconds'] / window if window and 'client_cpu_seconds' in r else None, 100)}% |"
+            f"{fmt(client_share, 100)}% |"
         )
     checks = target_checks(rows)
     if checks:
@@ -442,23 +581,30 @@ def markdown(meta: dict, rows: list[dict], fanout_rows: list[dict]) -> str:
         for r in fanout_rows:
             w = r.get("watchers", {})
             n = r["count"]
-            single = next((x for x in rows if x["variant"] == r["variant"] and x["count"] == n), None)
+            single = next(
+                (x for x in rows if x["variant"] == r["variant"] and x["count"] == n), None
+            )
+            both = r["server_cpu_seconds"] / n if "server_cpu_seconds" in r else None
+            one = None
+            if single and "server_cpu_seconds" in single:
+                one = single["server_cpu_seconds"] / n
+            redis = r["redis_cpu_seconds"] / n if r.get("redis_cpu_seconds") is not None else None
+            lag = f"{fmt(w.get('finished_lag_p50'), 1000)} / {fmt(w.get('finished_lag_p99'), 1000)}"
             lines.append(
                 f"| {r['variant']} | {n:,} | {r['completed']:,} / {r['failed']:,} | "
-                f"{w.get('completed', 0):,} / {w.get('failed', n):,} | "
-                f"{fmt(w.get('finished_lag_p50'), 1000)} / {fmt(w.get('finished_lag_p99'), 1000)} | "
-                f"{fmt(w.get('snapshots_per_reply'), 1, 1)} | "
-                f"{fmt(r.get('server_cpu_seconds', 0) / n, 1000, 1) if 'server_cpu_seconds' in r else '-'} | "
-                f"{fmt(single['server_cpu_seconds'] / n, 1000, 1) if single and 'server_cpu_seconds' in single else '-'} | "
-                f"{fmt(r['redis_cpu_seconds'] / n if r.get('redis_cpu_seconds') is not None else None, 1000, 1)} |"
+                f"{w.get('completed', 0):,} / {w.get('failed', n):,} | {lag} | "
+                f"{fmt(w.get('snapshots_per_reply'), 1, 1)} | {fmt(both, 1000, 1)} | "
+                f"{fmt(one, 1000, 1)} | {fmt(redis, 1000, 1)} |"
             )
     failures = [r for r in rows + fanout_rows if r.get("errors")]
     if failures:
         lines += ["", "Failures:", ""]
         for r in failures:
             for error, n in r["errors"].items():
-                lines.append(f"- {r['variant']}{' fan-out' if r.get('fanout') else ''} "
-                             f"C={r['count']}: {n} x {error}")
+                lines.append(
+                    f"- {r['variant']}{' fan-out' if r.get('fanout') else ''} "
+                    f"C={r['count']}: {n} x {error}"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -476,18 +622,40 @@ def plot(rows: list[dict], path: Path, ideal: float | None = None) -> None:
             continue
         cs = [c for c, _ in points]
         style = {"color": "black", "linestyle": "--"} if name == "floor" else {}
-        ax1.plot(cs, [r.get("tokens_per_second") or 0 for _, r in points], marker="o",
-                 label=name, **style)
-        ax2.plot(cs, [(r.get("ttfc_p99") or float("nan")) * 1000 for _, r in points],
-                 marker="o", label=name, **style)
+        ax1.plot(
+            cs,
+            [r.get("tokens_per_second") or 0 for _, r in points],
+            marker="o",
+            label=name,
+            **style,
+        )
+        ax2.plot(
+            cs,
+            [(r.get("ttfc_p99") or float("nan")) * 1000 for _, r in points],
+            marker="o",
+            label=name,
+            **style,
+        )
     if ideal:
         cs = sorted({r["count"] for r in rows})
-        ax1.plot(cs, [c * ideal for c in cs], color="grey", linestyle=":", linewidth=1,
-                 label="all replies on time")
-    ax1.set(xscale="log", xlabel="concurrent chats C", ylabel="tokens/s delivered",
-            title="Throughput")
-    ax2.set(xscale="log", yscale="log", xlabel="concurrent chats C",
-            ylabel="time to first chunk p99 (ms)", title="Latency")
+        ax1.plot(
+            cs,
+            [c * ideal for c in cs],
+            color="grey",
+            linestyle=":",
+            linewidth=1,
+            label="all replies on time",
+        )
+    ax1.set(
+        xscale="log", xlabel="concurrent chats C", ylabel="tokens/s delivered", title="Throughput"
+    )
+    ax2.set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrent chats C",
+        ylabel="time to first chunk p99 (ms)",
+        title="Latency",
+    )
     ax2.axhline(250, color="grey", linewidth=0.8, linestyle=":")
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
@@ -505,49 +673,97 @@ def counts_of(variant: Variant, args: argparse.Namespace) -> list[int]:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ints = lambda text: [int(c) for c in text.split(",") if c]  # noqa: E731
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma-separated, from: " + ", ".join(VARIANTS))
-    parser.add_argument("--concurrency", type=ints, default=[10, 100, 500, 1000],
-                        help="C values for the floor and the async variants")
-    parser.add_argument("--sync-concurrency", type=ints, default=[10, 100, 500],
-                        help="C values for the sync variants")
-    parser.add_argument("--fanout", type=int, default=100,
-                        help="conversations in the two-process Redis fan-out run (0: skip)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated, from: " + ", ".join(VARIANTS),
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=ints,
+        default=[10, 100, 500, 1000],
+        help="C values for the floor and the async variants",
+    )
+    parser.add_argument(
+        "--sync-concurrency",
+        type=ints,
+        default=[10, 100, 500],
+        help="C values for the sync variants",
+    )
+    parser.add_argument(
+        "--fanout",
+        type=int,
+        default=100,
+        help="conversations in the two-process Redis fan-out run (0: skip)",
+    )
     parser.add_argument("--tokens", type=int, default=200, help="tokens per reply")
     parser.add_argument("--delay", type=float, default=0.005, help="seconds between tokens")
-    parser.add_argument("--frame-interval", type=float, default=None,
-                        help="CHAT_FRAME_INTERVAL (default: the project's own, 0.03)")
-    parser.add_argument("--floor-pacing", choices=["per-token", "schedule"], default="per-token",
-                        help="how the floor paces tokens; match the demo model (chat/llm/demo.py)")
-    parser.add_argument("--ramp", type=float, default=None,
-                        help="spread the C sends over this many seconds (default: one reply's "
-                             "nominal length, tokens x delay; 0 sends all at once)")
+    parser.add_argument(
+        "--frame-interval",
+        type=float,
+        default=None,
+        help="CHAT_FRAME_INTERVAL (default: the project's own, 0.03)",
+    )
+    parser.add_argument(
+        "--floor-pacing",
+        choices=["per-token", "schedule"],
+        default="schedule",
+        help="how the floor paces tokens; match the demo model (chat/llm/demo.py)",
+    )
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=None,
+        help="spread the C sends over this many seconds (default: one reply's "
+        "nominal length, tokens x delay; 0 sends all at once)",
+    )
     parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--postgres-url", default="postgres://postgres@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--postgres-url",
+        default="postgres://postgres@127.0.0.1:5432/test",
+        help="a PostgreSQL server and a database to connect to; each variant "
+        "gets a new database on that server, dropped at the end",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--provider", default="openai", help="llm_provider (irrelevant: demo)")
     parser.add_argument("--timeout", type=float, default=120, help="seconds per client run")
     parser.add_argument("--template", type=Path, default=TEMPLATE)
-    parser.add_argument("--results", type=Path, default=None,
-                        help="where to write results (default bench/results, or a temp dir "
-                             "with --smoke)")
-    parser.add_argument("--profile", metavar="VARIANT:C",
-                        help="record a py-spy flame graph of that run's server")
-    parser.add_argument("--profile-idle", action="store_true",
-                        help="profile wall time of every thread (waits included), not GIL time")
-    parser.add_argument("--timelines", action="store_true",
-                        help="also write every chat's timings (timeline-*.jsonl) to the results")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="where to write results (default bench/results, or a temp dir with --smoke)",
+    )
+    parser.add_argument(
+        "--profile", metavar="VARIANT:C", help="record a py-spy flame graph of that run's server"
+    )
+    parser.add_argument(
+        "--profile-idle",
+        action="store_true",
+        help="profile wall time of every thread (waits included), not GIL time",
+    )
+    parser.add_argument(
+        "--timelines",
+        action="store_true",
+        help="also write every chat's timings (timeline-*.jsonl) to the results",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated projects")
-    parser.add_argument("--smoke", action="store_true",
-                        help="C=10 for every variant and a 10-conversation fan-out; exit 1 if "
-                             "any chat fails")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="C=10 for every variant and a 10-conversation fan-out; exit 1 if any chat fails",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 if any chat fails")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite results.md and bench.png from --results/results.json")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite results.md and bench.png from --results/results.json",
+    )
     args = parser.parse_args()
     if args.report_only:
         args.results = args.results or BENCH / "results"
@@ -567,12 +783,16 @@ def parse_args() -> argparse.Namespace:
 
 def write_report(meta: dict, rows: list[dict], fanout_rows: list[dict], results: Path) -> str:
     (results / "results.json").write_text(
-        json.dumps({"meta": meta, "runs": rows, "fanout": fanout_rows}, indent=1))
+        json.dumps({"meta": meta, "runs": rows, "fanout": fanout_rows}, indent=1)
+    )
     table = markdown(meta, rows, fanout_rows)
     (results / "results.md").write_text(table)
     # Every reply on time: C x tokens over the ramp plus one reply's length.
-    plot(rows, results / "bench.png",
-         ideal=meta["tokens"] / (meta["ramp"] + meta["tokens"] * meta["delay"]))
+    plot(
+        rows,
+        results / "bench.png",
+        ideal=meta["tokens"] / (meta["ramp"] + meta["tokens"] * meta["delay"]),
+    )
     return table
 
 
@@ -588,7 +808,8 @@ def main() -> int:
         args.results = work / "results" if args.smoke else BENCH / "results"
     args.results.mkdir(parents=True, exist_ok=True)
     (work / "cookiecutter-config.yaml").write_text(
-        f"cookiecutters_dir: {work / 'cc'}\nreplay_dir: {work / 'replay'}\n")
+        f"cookiecutters_dir: {work / 'cc'}\nreplay_dir: {work / 'replay'}\n"
+    )
     log(f"work dir {work}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
     variants = [Variant(name) for name in VARIANTS if name in args.variants]
@@ -630,28 +851,42 @@ def main() -> int:
                 counts = counts_of(v, args)
                 if count not in counts:
                     continue
-                result = measure(v, v.plans[counts.index(count)], count, floor_reply, work, args,
-                                 args.ramp)
+                result = measure(
+                    v, v.plans[counts.index(count)], count, floor_reply, work, args, args.ramp
+                )
                 rows.append(result)
-                log(f"{v.name:16} C={count:<5} ok {result['completed']}/{count}  "
+                log(
+                    f"{v.name:16} C={count:<5} ok {result['completed']}/{count}  "
                     f"TTFC p99 {fmt(result.get('ttfc_p99'), 1000)} ms  "
                     f"gap p99 {fmt(result.get('gap_p99'), 1000)} ms  "
                     f"{fmt(result.get('tokens_per_second'))} tok/s  "
-                    f"CPU {fmt(result.get('server_cpu_seconds'), 1, 1)} s")
+                    f"CPU {fmt(result.get('server_cpu_seconds'), 1, 1)} s"
+                )
         fanout_rows = []
         for v in projects:
             if v.layer == "redis" and args.fanout:
                 plan = v.plans[len(runs_of[v.name]) - 1]
-                result = measure(v, plan, args.fanout, floor_reply, work, args, args.ramp,
-                                 fanout=True)
+                result = measure(
+                    v, plan, args.fanout, floor_reply, work, args, args.ramp, fanout=True
+                )
                 fanout_rows.append(result)
                 w = result.get("watchers", {})
-                log(f"{v.name:16} fan-out {args.fanout}: askers ok {result['completed']}, "
+                log(
+                    f"{v.name:16} fan-out {args.fanout}: askers ok {result['completed']}, "
                     f"watchers ok {w.get('completed', 0)}, lag p99 "
-                    f"{fmt(w.get('finished_lag_p99'), 1000)} ms")
+                    f"{fmt(w.get('finished_lag_p99'), 1000)} ms"
+                )
     finally:
         if not args.keep:
             shutil.rmtree(work / "cc", ignore_errors=True)
+        for v in projects:
+            if v.database_created:
+                with contextlib.suppress(Exception):
+                    postgres(
+                        args,
+                        str(v.dir / ".venv" / "bin" / "python"),
+                        f'DROP DATABASE IF EXISTS "{v.database}" WITH (FORCE)',
+                    )
 
     floor_tps = {r["count"]: r.get("tokens_per_second") for r in rows if r["variant"] == "floor"}
     for r in rows:
@@ -675,8 +910,10 @@ def main() -> int:
     table = write_report(meta, rows, fanout_rows, args.results)
     print()
     print(table)
-    log(f"results in {args.results}{' (temporary)' if args.smoke and not args.keep else ''} "
-        f"({meta['seconds']} s)")
+    log(
+        f"results in {args.results}{' (temporary)' if args.smoke and not args.keep else ''} "
+        f"({meta['seconds']} s)"
+    )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

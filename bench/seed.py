@@ -27,6 +27,9 @@ import django  # noqa: E402
 
 django.setup()
 
+from chat.llm import ChatMessage  # noqa: E402
+from chat.llm.demo import compose_reply, tokens  # noqa: E402
+from chat.models import Conversation  # noqa: E402
 from django.contrib.auth import (  # noqa: E402
     BACKEND_SESSION_KEY,
     HASH_SESSION_KEY,
@@ -40,13 +43,9 @@ from django.db import transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from django.utils.crypto import get_random_string  # noqa: E402
 
-from chat.llm import ChatMessage  # noqa: E402
-from chat.llm.demo import compose_reply, tokens  # noqa: E402
-from chat.models import Conversation  # noqa: E402
-
 PASSWORD = "bench-password-1234"
 BACKEND = "django.contrib.auth.backends.ModelBackend"
-WORDS = "lean fast chat load test each word four byte long runs here over time".split()
+WORDS = "lean fast chat load test each word four byte long runs here over time".split()  # noqa: SIM905
 
 
 def username(index: int) -> str:
@@ -103,7 +102,7 @@ def keys_file() -> Path:
 
 
 def make_plans(runs: list[int], tokens_target: int, out_dir: Path) -> None:
-    """One plan file per run: its chats (conversation and session cookie), the message, the reply."""
+    """One plan file per run: its chats (conversation, session cookie), the message, the reply."""
     User = get_user_model()
     keys = json.loads(keys_file().read_text())
     users = list(User.objects.filter(username__startswith="bench").order_by("pk")[: len(keys)])

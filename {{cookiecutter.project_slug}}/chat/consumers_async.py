@@ -149,6 +149,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         task.add_done_callback(forget)
 
     async def write_reply(self, reply: Message) -> None:
+        chunk = fragments.chunk_for(reply)
         frames = FrameBuffer(settings.CHAT_FRAME_INTERVAL)
         snapshots = Every(settings.CHAT_FANOUT_INTERVAL)
         parts: list[str] = []
@@ -161,7 +162,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 async for piece in stream:
                     parts.append(piece)
                     if text := frames.add(piece):
-                        await self.send_live(fragments.chunk(reply, text))
+                        await self.send_live(chunk(text))
                     if self.peers and snapshots.due():
                         snapshot = fragments.snapshot(reply, "".join(parts))
                         await self.broadcast("chat.html", html=snapshot)
@@ -180,7 +181,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if stream is not None:
                 await stream.aclose()  # closes the upstream HTTP stream
         if tail := frames.drain():
-            await self.send_live(fragments.chunk(reply, tail))
+            await self.send_live(chunk(tail))
         reply = await database_sync_to_async(services.finish_reply)(
             reply, "".join(parts), status, error
         )
@@ -189,7 +190,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def show(self, html: str) -> None:
         """Send to this socket and to every other connection watching the conversation."""
         await self.send_live(html)
-        await self.broadcast("chat.html", html=html)
+        if self.peers:  # nobody else watching: the layer has nothing to carry
+            await self.broadcast("chat.html", html=html)
 
     async def send_live(self, html: str) -> None:
         if not self.live:

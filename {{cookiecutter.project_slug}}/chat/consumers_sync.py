@@ -158,6 +158,7 @@ class ChatConsumer(WebsocketConsumer):
         async_to_sync(run_in_reply_thread)(self.write_reply, reply, stop)
 
     def write_reply(self, reply: Message, stop: threading.Event) -> None:
+        chunk = fragments.chunk_for(reply)
         frames = FrameBuffer(settings.CHAT_FRAME_INTERVAL)
         snapshots = Every(settings.CHAT_FANOUT_INTERVAL)
         parts: list[str] = []
@@ -174,7 +175,7 @@ class ChatConsumer(WebsocketConsumer):
                     raise TimeoutError
                 parts.append(piece)
                 if text := frames.add(piece):
-                    self.send_live(fragments.chunk(reply, text))
+                    self.send_live(chunk(text))
                 if self.peers and snapshots.due():
                     snapshot = fragments.snapshot(reply, "".join(parts))
                     self.broadcast("chat.html", html=snapshot)
@@ -194,14 +195,15 @@ class ChatConsumer(WebsocketConsumer):
             if replies.get(self.conversation.pk) is stop:
                 del replies[self.conversation.pk]
         if tail := frames.drain():
-            self.send_live(fragments.chunk(reply, tail))
+            self.send_live(chunk(tail))
         reply = services.finish_reply(reply, "".join(parts), status, error)
         self.show(fragments.finished(reply))
 
     def show(self, html: str) -> None:
         """Send to this socket and to every other connection watching the conversation."""
         self.send_live(html)
-        self.broadcast("chat.html", html=html)
+        if self.peers:  # nobody else watching: the layer has nothing to carry
+            self.broadcast("chat.html", html=html)
 
     def send_live(self, html: str) -> None:
         if not self.live:

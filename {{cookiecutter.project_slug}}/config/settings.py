@@ -80,7 +80,15 @@ TEMPLATES = [
 # https://docs.djangoproject.com/en/6.1/ref/settings/#databases
 DATABASES = {
     "default": dj_database_url.config(
-        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+{%- if cookiecutter.consumer == "async" %}
+        # The async consumer's queries share one thread: keep its connection open.
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "600")),
+        conn_health_checks=True,
+{%- else %}
+        # Replies run in many threads: each closes its connection when done.
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
+{%- endif %}
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

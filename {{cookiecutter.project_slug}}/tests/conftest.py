@@ -1,6 +1,4 @@
-{% if cookiecutter.consumer == "async" -%}
 import asyncio
-{% endif -%}
 import html
 import re
 import threading
@@ -24,6 +22,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from chat import consumers
 from chat.llm import ChatMessage, ProviderError
 from chat.models import Conversation
 from config.asgi import application
@@ -171,6 +170,16 @@ async def connect():
     yield open_socket
     for socket in opened:
         await socket.disconnect(timeout=5)
+    # Replies still being written finish while this test's event loop runs: one that
+    # outlived it would wait for the loop forever.
+    loop = asyncio.get_running_loop()
+{%- if cookiecutter.consumer == "async" %}
+    running = {task for task in consumers.replies.values() if task.get_loop() is loop}
+{%- else %}
+    running = {task for task in consumers.background if task.get_loop() is loop}
+{%- endif %}
+    if running:
+        await asyncio.wait(running, timeout=20)
 
 
 async def read_until(socket: WebsocketCommunicator, pattern: re.Pattern, wait: float = 10):

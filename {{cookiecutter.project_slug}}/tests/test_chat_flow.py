@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 
 import pytest
 
@@ -205,3 +206,20 @@ async def test_a_reply_that_runs_past_the_time_limit_is_cut_off(
     assert "time limit" in frames[-1]
     assert await asyncio.to_thread(model.closed.wait, 5)
     assert model.yielded < 200
+
+
+async def test_the_first_message_names_the_conversation_in_the_header_and_the_sidebar(
+    user, conversation, connect
+):
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(send("Plan a <trip> to Rome"))
+    frames = [await socket.receive_from(timeout=5), *await read_reply(socket)]
+    title = next(frame for frame in frames if 'id="conversation-title"' in frame)
+
+    assert "Plan a &lt;trip&gt; to Rome</h1>" in title
+    # htmx inserts the inside of the swapped element: the sidebar gets a whole list item.
+    assert re.search(
+        r'<ul hx-swap-oob="afterbegin:#conversations">\s*<li id="conversation-\d+">', title
+    )
+    await conversation.arefresh_from_db()
+    assert conversation.title == "Plan a <trip> to Rome"

@@ -3,6 +3,7 @@
 import asyncio
 import copy
 import json
+import re
 from urllib.parse import urlsplit
 
 import pytest
@@ -197,4 +198,5 @@ async def test_redis_going_away_mid_reply_keeps_the_reply_says_so_and_recovers(
     await asyncio.sleep(0.3)
     await again.send_to(json.dumps({"message": "after the outage"}))
     await read_reply(again)
-    assert "after the outage" in "".join(await read_reply(other))
+    # Fan-out works again (a publish retried across the outage may arrive first).
+    await read_until(other, re.compile("after the outage"))

@@ -2,11 +2,9 @@
 
 {% if cookiecutter.consumer == "async" -%}
 import asyncio
-import re
-{%- else -%}
+{% endif -%}
 import re
 import time
-{%- endif %}
 from collections.abc import {% if cookiecutter.consumer == "async" %}AsyncIterator{% else %}Iterator{% endif %}
 
 from .base import ChatMessage
@@ -47,13 +45,19 @@ class DemoModel:
 {%- if cookiecutter.consumer == "async" %}
 
     async def stream(self, system: str, messages: list[ChatMessage]) -> AsyncIterator[str]:
-        for token in tokens(compose_reply(messages)):
-            await asyncio.sleep(self.delay)
+        # Each token is due on a schedule, like a model's output: a busy server that falls
+        # behind gets the late tokens at once rather than stretching the reply.
+        start = time.monotonic()
+        for index, token in enumerate(tokens(compose_reply(messages)), start=1):
+            await asyncio.sleep(max(0.0, start + index * self.delay - time.monotonic()))
             yield token
 {%- else %}
 
     def stream(self, system: str, messages: list[ChatMessage]) -> Iterator[str]:
-        for token in tokens(compose_reply(messages)):
-            time.sleep(self.delay)
+        # Each token is due on a schedule, like a model's output: a busy server that falls
+        # behind gets the late tokens at once rather than stretching the reply.
+        start = time.monotonic()
+        for index, token in enumerate(tokens(compose_reply(messages)), start=1):
+            time.sleep(max(0.0, start + index * self.delay - time.monotonic()))
             yield token
 {%- endif %}

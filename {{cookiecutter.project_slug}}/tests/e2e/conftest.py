@@ -169,13 +169,18 @@ class Server:
         """What a deploy does: SIGTERM, uvicorn closes the sockets (1012) and exits."""
         if self.process is None:
             return
+        started = time.monotonic()
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=10)
+            outcome = f"exited {time.monotonic() - started:.1f} s after SIGTERM"
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+            outcome = "KILLED: still running 10 s after SIGTERM"
         self.process = None
+        with self.log_path.open("a") as log:
+            log.write(f"--- {outcome}\n")
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

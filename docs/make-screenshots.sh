@@ -10,8 +10,14 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-"${PYTHON:-python3}" -m cookiecutter "$repo" --no-input --output-dir "$work"
-cd "$work"/*/
+# Generate from what git would ship, not from caches that tools leave in the working tree.
+mkdir "$work/template"
+git -C "$repo" ls-files -z --cached --others --exclude-standard \
+    | while IFS= read -r -d "" name; do
+        if [ -f "$repo/$name" ]; then (cd "$repo" && cp --parents "$name" "$work/template"); fi
+    done
+"${PYTHON:-python3}" -m cookiecutter "$work/template" --no-input --output-dir "$work/out"
+cd "$work"/out/*/
 export UV_PYTHON_DOWNLOADS=never
 uv sync --quiet
 test=test_a_new_user_signs_up_and_watches_a_reply_stream_in

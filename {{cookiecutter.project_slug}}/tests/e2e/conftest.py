@@ -40,7 +40,9 @@ RESULTS_DIR = PROJECT_DIR / "test-results" / "e2e"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 DEMO_MODEL_DELAY = os.environ.get("E2E_DEMO_MODEL_DELAY", "0.02")
-SERVER_START_TIMEOUT = 30
+# Generous: a loaded CI machine (several projects' suites at once) can take long to start.
+SERVER_START_TIMEOUT = 60
+SERVER_STOP_TIMEOUT = 20
 VIEWPORT = {"width": 1280, "height": 800}
 
 # Loaded by the server under test instead of config.settings: production settings plus
@@ -133,9 +135,8 @@ class Server:
 
     def start(self) -> None:
         assert self.process is None, "the server is already running"
+        self.note(f"starting on port {self.port}")
         with self.log_path.open("a") as log:
-            log.write(f"\n--- starting on port {self.port}\n")
-            log.flush()
             self.process = subprocess.Popen(  # noqa: S603
                 [
                     sys.executable,
@@ -144,7 +145,7 @@ class Server:
                     "config.asgi:application",
                     "--host=127.0.0.1",
                     f"--port={self.port}",
-                    "--timeout-graceful-shutdown=3",
+                    "--timeout-graceful-shutdown=10",
                 ],
                 cwd=PROJECT_DIR,
                 env=self.env,
@@ -152,13 +153,14 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        while time.monotonic() < started + SERVER_START_TIMEOUT:
             if self.process.poll() is not None:
                 self.process = None
                 pytest.fail(f"the server exited at start:\n{self.log_tail()}", pytrace=False)
             try:
                 with urllib.request.urlopen(f"{self.url}/accounts/login/", timeout=2):  # noqa: S310
+                    self.note(f"answering {time.monotonic() - started:.1f} s after starting")
                     return
             except (urllib.error.URLError, OSError):
                 time.sleep(0.1)
@@ -166,21 +168,25 @@ class Server:
         pytest.fail(f"the server did not answer in time:\n{self.log_tail()}", pytrace=False)
 
     def stop(self) -> None:
-        """What a deploy does: SIGTERM, uvicorn closes the sockets (1012) and exits."""
+        """What a deploy does: SIGTERM; uvicorn closes the sockets (code 1012) and exits."""
         if self.process is None:
             return
         started = time.monotonic()
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=SERVER_STOP_TIMEOUT)
             outcome = f"exited {time.monotonic() - started:.1f} s after SIGTERM"
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
-            outcome = "KILLED: still running 10 s after SIGTERM"
+            outcome = f"KILLED: still running {SERVER_STOP_TIMEOUT} s after SIGTERM"
         self.process = None
+        self.note(outcome)
+
+    def note(self, text: str) -> None:
+        """A line of the test run's own in the server's log."""
         with self.log_path.open("a") as log:
-            log.write(f"--- {outcome}\n")
+            log.write(f"--- {time.strftime('%H:%M:%S')} {text}\n")
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

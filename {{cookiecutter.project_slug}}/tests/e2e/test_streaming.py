@@ -32,6 +32,10 @@ def test_a_new_user_signs_up_and_watches_a_reply_stream_in(browsing, results_dir
     expect(question).to_have_text("Hello, *streaming* world")
     assert reply_state(page, reply)["streaming"]
     expect(page.locator("#composer textarea")).to_have_value("")
+    # The sidebar lists the new conversation at once, as a list item like the others.
+    expect(page.locator("#conversations > li > a[aria-current=page]")).to_have_text(
+        "Hello, *streaming* world"
+    )
 
     shots = []
 

@@ -34,7 +34,7 @@ def remove_other_provider_files() -> None:
 
 
 def remove_redis_files() -> None:
-    remove("tests/test_redis_layer.py")
+    remove("tests/test_redis_layer.py", "tests/e2e/test_redis_outage.py")
 
 
 def write_env_file() -> None:

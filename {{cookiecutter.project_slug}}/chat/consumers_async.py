@@ -3,14 +3,12 @@
 A reply streams in its own task, so this connection keeps reading frames (Stop among
 them) while the model writes. Chunks go straight to the socket that asked; other
 connections watching the conversation get a snapshot a few times a second through the
-channel layer.
+channel layer, sent from this connection's outbox (chat/fanout.py): the reply never
+waits on the layer, and a layer outage costs it nothing.
 """
 
 import asyncio
 import logging
-{%- if cookiecutter.channel_layer == "redis" %}
-from contextlib import suppress
-{%- endif %}
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -20,6 +18,7 @@ from redis.exceptions import RedisError
 {%- endif %}
 
 from . import fragments, services
+from .fanout import Fanout
 from .frames import FrameError, parse_frame
 from .llm import ProviderError, get_chat_model
 from .models import Message
@@ -29,32 +28,35 @@ logger = logging.getLogger(__name__)
 
 FAILED = "Something went wrong while writing the reply. Retry in a moment."
 TOO_LONG = "The reply ran past the time limit and was cut off."
-{%- if cookiecutter.channel_layer == "redis" %}
-LAYER_DOWN = "Live updates to your other tabs are paused: Redis is unreachable."
-UNAVAILABLE = "The chat cannot reach Redis right now. Reconnecting..."
-{%- endif %}
 
 # Replies being written in this process, by conversation id, so Stop from any tab finds them.
 replies: dict[int, asyncio.Task] = {}
+{%- if cookiecutter.channel_layer == "redis" %}
+# Whether the last connection refused for a Redis outage was logged: one line per outage.
+outage_logged = False
+{%- endif %}
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
 {%- if cookiecutter.channel_layer == "redis" %}
     async def __call__(self, scope, receive, send) -> None:
-        """Explain a Redis outage to the page instead of failing the handshake.
+        """Refuse the handshake while Redis is unreachable; the page reconnects by itself.
 
         Channels subscribes this connection's channel before connect() runs, so with Redis
-        down the error comes from here. Close code 1013 makes htmx reconnect later.
+        down the error comes from here. A refused handshake reaches the browser as close
+        code 1006, on which htmx's ws extension reconnects, under uvicorn and daphne alike
+        (daphne refuses to send 1013, "try again later"). The page shows "Reconnecting...".
         """
+        global outage_logged
         try:
             await super().__call__(scope, receive, send)
-        except (OSError, RedisError):
+        except (OSError, RedisError) as error:
             if hasattr(self, "group"):
                 raise  # the connection was up: not an outage at connect time
-            logger.exception("Channel layer unreachable: refusing a connection for now")
-            await send({"type": "websocket.accept"})
-            await send({"type": "websocket.send", "text": fragments.error(UNAVAILABLE)})
-            await send({"type": "websocket.close", "code": 1013})
+            if not outage_logged:
+                outage_logged = True
+                logger.warning("Channel layer unreachable, refusing connections: %r", error)
+            await send({"type": "websocket.close"})
 {% endif %}
     async def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
@@ -67,25 +69,33 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.peers: set[str] = set()
         self.live = True
-{%- if cookiecutter.channel_layer == "redis" %}
-        self.layer_up = True
-{%- endif %}
         await self.channel_layer.group_add(self.conversation.group_name, self.channel_name)
         self.group = self.conversation.group_name
+{%- if cookiecutter.channel_layer == "redis" %}
+        global outage_logged
+        if outage_logged:
+            outage_logged = False
+            logger.warning("Channel layer reachable again: accepting connections")
+{%- endif %}
+        self.fanout = Fanout(
+            asyncio.get_running_loop(),
+            send_group=lambda message: self.channel_layer.group_send(self.group, message),
+            send_channel=self.channel_layer.send,
+            on_change=self.fanout_changed,
+        )
         await self.accept()
-        await self.broadcast("chat.presence", event="joined")
+        self.broadcast("presence", "chat.presence", event="joined")
 
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "group"):
             return
         self.live = False
-        await self.broadcast("chat.presence", event="left")
-{%- if cookiecutter.channel_layer == "redis" %}
-        with suppress(OSError, RedisError):  # Redis dropped it with the connection
+        self.broadcast("presence", "chat.presence", event="left")
+        self.fanout.close()
+        try:
             await self.channel_layer.group_discard(self.group, self.channel_name)
-{%- else %}
-        await self.channel_layer.group_discard(self.group, self.channel_name)
-{%- endif %}
+        except Exception as error:  # noqa: BLE001 - the layer is down: nothing to discard
+            logger.info("Channel layer: could not leave %s: %r", self.group, error)
         reply = replies.get(self.conversation.pk)
         if reply and not self.peers:
             reply.cancel()  # nobody is left to read it: stop paying for tokens
@@ -116,10 +126,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except services.Refused as refused:
             await self.send_live(fragments.error(str(refused)))
             return
-        await self.show(fragments.turn(question, reply))
+        await self.show(fragments.turn(question, reply), key=f"turn-{reply.pk}")
         if reply.conversation.title != self.conversation.title:
             self.conversation = reply.conversation
-            await self.show(fragments.title(self.conversation))
+            await self.show(fragments.title(self.conversation), key="title")
         self.start_reply(reply)
 
     async def retry(self) -> None:
@@ -128,7 +138,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except services.Refused as refused:
             await self.send_live(fragments.error(str(refused)))
             return
-        await self.show(fragments.turn(None, reply))
+        await self.show(fragments.turn(None, reply), key=f"turn-{reply.pk}")
         self.start_reply(reply)
 
     async def stop(self) -> None:
@@ -136,7 +146,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if reply:
             reply.cancel()
         else:  # the reply may be written by a connection in another process
-            await self.broadcast("chat.stop")
+            self.broadcast("stop", "chat.stop")
 
     def start_reply(self, reply: Message) -> None:
         key = self.conversation.pk
@@ -165,7 +175,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                         await self.send_live(chunk(text))
                     if self.peers and snapshots.due():
                         snapshot = fragments.snapshot(reply, "".join(parts))
-                        await self.broadcast("chat.html", html=snapshot)
+                        self.broadcast(f"message-{reply.pk}", "chat.html", html=snapshot)
         except asyncio.CancelledError:
             asyncio.current_task().uncancel()
             status = Message.Status.STOPPED
@@ -185,13 +195,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         reply = await database_sync_to_async(services.finish_reply)(
             reply, "".join(parts), status, error
         )
-        await self.show(fragments.finished(reply))
+        await self.show(fragments.finished(reply), key=f"message-{reply.pk}", replay=True)
 
-    async def show(self, html: str) -> None:
-        """Send to this socket and to every other connection watching the conversation."""
+    async def show(self, html: str, key: str, replay: bool = False) -> None:
+        """Send to this socket and to every other connection watching the conversation.
+
+        key names what the HTML updates on the page: a newer update replaces one still
+        waiting in the outbox, and it is kept for watchers across a layer outage (sent
+        again a while after it with replay, for HTML that replaces itself).
+        """
         await self.send_live(html)
-        if self.peers:  # nobody else watching: the layer has nothing to carry
-            await self.broadcast("chat.html", html=html)
+        # Sent whether or not others are known to watch: a tab that opened a moment ago
+        # may not have been heard of yet. Only snapshots wait for watchers.
+        self.broadcast(key, "chat.html", keep=True, replay=replay, html=html)
 
     async def send_live(self, html: str) -> None:
         if not self.live:
@@ -201,25 +217,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except OSError:
             self.live = False  # the client went away; disconnect() follows
 
-    async def broadcast(self, type: str, **fields) -> None:
+    def broadcast(
+        self, key: str, type: str, keep: bool = False, replay: bool = False, **fields
+    ) -> None:
+        """Queue a message for the conversation's group; returns at once (chat/fanout.py)."""
         message = {"type": type, "sender": self.channel_name, **fields}
-{%- if cookiecutter.channel_layer == "redis" %}
-        try:
-            await self.channel_layer.group_send(self.group, message)
-        except (OSError, RedisError) as error:
-            await self.layer_failed(error)
-        else:
-            self.layer_up = True
+        self.fanout.put(key, message, keep=keep, replay=replay)
 
-    async def layer_failed(self, error: Exception) -> None:
-        """Fan-out is lost, not the reply: say so once, log it, and keep streaming here."""
-        if self.layer_up:
-            self.layer_up = False
-            logger.warning("Channel layer unreachable: %r", error)
-            await self.send_live(fragments.error(LAYER_DOWN))
-{%- else %}
-        await self.channel_layer.group_send(self.group, message)
-{%- endif %}
+    async def fanout_changed(self, up: bool) -> None:
+        """Tell this page once when fan-out pauses and once when it resumes."""
+        await self.send_live(fragments.live_status(up))
+        if up:  # others may have come or gone meanwhile: announce this connection again
+            self.broadcast("presence", "chat.presence", event="joined")
 
     # Channel-layer messages from other connections on this conversation.
 
@@ -233,14 +242,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.peers.add(sender)
         if event["event"] == "joined":
             here = {"type": "chat.presence", "event": "here", "sender": self.channel_name}
-{%- if cookiecutter.channel_layer == "redis" %}
-            try:
-                await self.channel_layer.send(sender, here)
-            except (OSError, RedisError) as error:
-                await self.layer_failed(error)
-{%- else %}
-            await self.channel_layer.send(sender, here)
-{%- endif %}
+            self.fanout.put(f"here-{sender}", here, channel=sender, keep=False)
 
     async def chat_html(self, event: dict) -> None:
         if event["sender"] != self.channel_name:

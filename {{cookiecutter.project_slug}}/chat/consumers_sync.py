@@ -4,7 +4,9 @@ Channels runs every sync consumer of a process in one shared thread, so a handle
 looped over a model's stream would make every other user wait (django/channels#2132).
 Handlers here only do quick database work; each reply is written in a thread of its own
 pool, where self.send() still reaches the socket through the event loop. Stop sets an
-event that the reply checks between pieces, then closes the upstream stream.
+event that the reply checks between pieces, then closes the upstream stream. What other
+connections watching the conversation should see goes into this connection's outbox
+(chat/fanout.py), sent on the event loop: the reply never waits on the channel layer.
 """
 
 import asyncio
@@ -12,11 +14,8 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-{%- if cookiecutter.channel_layer == "redis" %}
-from contextlib import suppress
-{%- endif %}
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
@@ -25,6 +24,7 @@ from redis.exceptions import RedisError
 {%- endif %}
 
 from . import fragments, services
+from .fanout import Fanout
 from .frames import FrameError, parse_frame
 from .llm import ProviderError, get_chat_model
 from .models import Message
@@ -34,16 +34,16 @@ logger = logging.getLogger(__name__)
 
 FAILED = "Something went wrong while writing the reply. Retry in a moment."
 TOO_LONG = "The reply ran past the time limit and was cut off."
-{%- if cookiecutter.channel_layer == "redis" %}
-LAYER_DOWN = "Live updates to your other tabs are paused: Redis is unreachable."
-UNAVAILABLE = "The chat cannot reach Redis right now. Reconnecting..."
-{%- endif %}
 
 # Replies being written in this process, by conversation id, so Stop from any tab finds them.
 replies: dict[int, threading.Event] = {}
 reply_threads = ThreadPoolExecutor(
     max_workers=settings.CHAT_REPLY_THREADS, thread_name_prefix="chat-reply"
 )
+{%- if cookiecutter.channel_layer == "redis" %}
+# Whether the last connection refused for a Redis outage was logged: one line per outage.
+outage_logged = False
+{%- endif %}
 
 
 background: set[asyncio.Task] = set()
@@ -60,20 +60,23 @@ async def run_in_reply_thread(func, *args) -> None:
 class ChatConsumer(WebsocketConsumer):
 {%- if cookiecutter.channel_layer == "redis" %}
     async def __call__(self, scope, receive, send) -> None:
-        """Explain a Redis outage to the page instead of failing the handshake.
+        """Refuse the handshake while Redis is unreachable; the page reconnects by itself.
 
         Channels subscribes this connection's channel before connect() runs, so with Redis
-        down the error comes from here. Close code 1013 makes htmx reconnect later.
+        down the error comes from here. A refused handshake reaches the browser as close
+        code 1006, on which htmx's ws extension reconnects, under uvicorn and daphne alike
+        (daphne refuses to send 1013, "try again later"). The page shows "Reconnecting...".
         """
+        global outage_logged
         try:
             await super().__call__(scope, receive, send)
-        except (OSError, RedisError):
+        except (OSError, RedisError) as error:
             if hasattr(self, "group"):
                 raise  # the connection was up: not an outage at connect time
-            logger.exception("Channel layer unreachable: refusing a connection for now")
-            await send({"type": "websocket.accept"})
-            await send({"type": "websocket.send", "text": fragments.error(UNAVAILABLE)})
-            await send({"type": "websocket.close", "code": 1013})
+            if not outage_logged:
+                outage_logged = True
+                logger.warning("Channel layer unreachable, refusing connections: %r", error)
+            await send({"type": "websocket.close"})
 {% endif %}
     def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
@@ -84,25 +87,37 @@ class ChatConsumer(WebsocketConsumer):
             return
         self.peers: set[str] = set()
         self.live = True
-{%- if cookiecutter.channel_layer == "redis" %}
-        self.layer_up = True
-{%- endif %}
         async_to_sync(self.channel_layer.group_add)(self.conversation.group_name, self.channel_name)
         self.group = self.conversation.group_name
+{%- if cookiecutter.channel_layer == "redis" %}
+        global outage_logged
+        if outage_logged:
+            outage_logged = False
+            logger.warning("Channel layer reachable again: accepting connections")
+{%- endif %}
+        self.fanout = async_to_sync(self.open_fanout)()
         self.accept()
-        self.broadcast("chat.presence", event="joined")
+        self.broadcast("presence", "chat.presence", event="joined")
+
+    async def open_fanout(self) -> Fanout:
+        """The outbox lives on the server's event loop, where the layer's sends run."""
+        return Fanout(
+            asyncio.get_running_loop(),
+            send_group=lambda message: self.channel_layer.group_send(self.group, message),
+            send_channel=self.channel_layer.send,
+            on_change=self.fanout_changed,
+        )
 
     def disconnect(self, code: int) -> None:
         if not hasattr(self, "group"):
             return
         self.live = False
-        self.broadcast("chat.presence", event="left")
-{%- if cookiecutter.channel_layer == "redis" %}
-        with suppress(OSError, RedisError):  # Redis dropped it with the connection
+        self.broadcast("presence", "chat.presence", event="left")
+        self.fanout.close()
+        try:
             async_to_sync(self.channel_layer.group_discard)(self.group, self.channel_name)
-{%- else %}
-        async_to_sync(self.channel_layer.group_discard)(self.group, self.channel_name)
-{%- endif %}
+        except Exception as error:  # noqa: BLE001 - the layer is down: nothing to discard
+            logger.info("Channel layer: could not leave %s: %r", self.group, error)
         stop = replies.get(self.conversation.pk)
         if stop and not self.peers:
             stop.set()  # nobody is left to read it: stop paying for tokens
@@ -131,10 +146,10 @@ class ChatConsumer(WebsocketConsumer):
         except services.Refused as refused:
             self.send_live(fragments.error(str(refused)))
             return
-        self.show(fragments.turn(question, reply))
+        self.show(fragments.turn(question, reply), key=f"turn-{reply.pk}")
         if reply.conversation.title != self.conversation.title:
             self.conversation = reply.conversation
-            self.show(fragments.title(self.conversation))
+            self.show(fragments.title(self.conversation), key="title")
         self.start_reply(reply)
 
     def retry(self) -> None:
@@ -143,7 +158,7 @@ class ChatConsumer(WebsocketConsumer):
         except services.Refused as refused:
             self.send_live(fragments.error(str(refused)))
             return
-        self.show(fragments.turn(None, reply))
+        self.show(fragments.turn(None, reply), key=f"turn-{reply.pk}")
         self.start_reply(reply)
 
     def stop(self) -> None:
@@ -151,7 +166,7 @@ class ChatConsumer(WebsocketConsumer):
         if stop:
             stop.set()
         else:  # the reply may be written by a connection in another process
-            self.broadcast("chat.stop")
+            self.broadcast("stop", "chat.stop")
 
     def start_reply(self, reply: Message) -> None:
         stop = replies[self.conversation.pk] = threading.Event()
@@ -178,7 +193,7 @@ class ChatConsumer(WebsocketConsumer):
                     self.send_live(chunk(text))
                 if self.peers and snapshots.due():
                     snapshot = fragments.snapshot(reply, "".join(parts))
-                    self.broadcast("chat.html", html=snapshot)
+                    self.broadcast(f"message-{reply.pk}", "chat.html", html=snapshot)
             if stop.is_set():
                 status = Message.Status.STOPPED
         except TimeoutError:
@@ -197,13 +212,19 @@ class ChatConsumer(WebsocketConsumer):
         if tail := frames.drain():
             self.send_live(chunk(tail))
         reply = services.finish_reply(reply, "".join(parts), status, error)
-        self.show(fragments.finished(reply))
+        self.show(fragments.finished(reply), key=f"message-{reply.pk}", replay=True)
 
-    def show(self, html: str) -> None:
-        """Send to this socket and to every other connection watching the conversation."""
+    def show(self, html: str, key: str, replay: bool = False) -> None:
+        """Send to this socket and to every other connection watching the conversation.
+
+        key names what the HTML updates on the page: a newer update replaces one still
+        waiting in the outbox, and it is kept for watchers across a layer outage (sent
+        again a while after it with replay, for HTML that replaces itself).
+        """
         self.send_live(html)
-        if self.peers:  # nobody else watching: the layer has nothing to carry
-            self.broadcast("chat.html", html=html)
+        # Sent whether or not others are known to watch: a tab that opened a moment ago
+        # may not have been heard of yet. Only snapshots wait for watchers.
+        self.broadcast(key, "chat.html", keep=True, replay=replay, html=html)
 
     def send_live(self, html: str) -> None:
         if not self.live:
@@ -213,25 +234,21 @@ class ChatConsumer(WebsocketConsumer):
         except OSError:
             self.live = False  # the client went away; disconnect() follows
 
-    def broadcast(self, type: str, **fields) -> None:
+    def broadcast(
+        self, key: str, type: str, keep: bool = False, replay: bool = False, **fields
+    ) -> None:
+        """Queue a message for the conversation's group; returns at once (chat/fanout.py)."""
         message = {"type": type, "sender": self.channel_name, **fields}
-{%- if cookiecutter.channel_layer == "redis" %}
-        try:
-            async_to_sync(self.channel_layer.group_send)(self.group, message)
-        except (OSError, RedisError) as error:
-            self.layer_failed(error)
-        else:
-            self.layer_up = True
+        self.fanout.put(key, message, keep=keep, replay=replay)
 
-    def layer_failed(self, error: Exception) -> None:
-        """Fan-out is lost, not the reply: say so once, log it, and keep streaming here."""
-        if self.layer_up:
-            self.layer_up = False
-            logger.warning("Channel layer unreachable: %r", error)
-            self.send_live(fragments.error(LAYER_DOWN))
-{%- else %}
-        async_to_sync(self.channel_layer.group_send)(self.group, message)
-{%- endif %}
+    async def fanout_changed(self, up: bool) -> None:
+        """Tell this page once when fan-out pauses and once when it resumes.
+
+        Runs on the event loop, where sync send() cannot be called: hand it to a thread.
+        """
+        await sync_to_async(self.send_live, thread_sensitive=False)(fragments.live_status(up))
+        if up:  # others may have come or gone meanwhile: announce this connection again
+            self.broadcast("presence", "chat.presence", event="joined")
 
     # Channel-layer messages from other connections on this conversation.
 
@@ -245,14 +262,7 @@ class ChatConsumer(WebsocketConsumer):
         self.peers.add(sender)
         if event["event"] == "joined":
             here = {"type": "chat.presence", "event": "here", "sender": self.channel_name}
-{%- if cookiecutter.channel_layer == "redis" %}
-            try:
-                async_to_sync(self.channel_layer.send)(sender, here)
-            except (OSError, RedisError) as error:
-                self.layer_failed(error)
-{%- else %}
-            async_to_sync(self.channel_layer.send)(sender, here)
-{%- endif %}
+            self.fanout.put(f"here-{sender}", here, channel=sender, keep=False)
 
     def chat_html(self, event: dict) -> None:
         if event["sender"] != self.channel_name:

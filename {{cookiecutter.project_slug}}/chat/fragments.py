@@ -42,3 +42,8 @@ def title(conversation: Conversation) -> str:
 
 def error(text: str) -> str:
     return render_to_string("chat/oob/error.html", {"text": text})
+
+
+def live_status(up: bool) -> str:
+    """Whether this page's updates reach the conversation's other tabs (one slot, replaced)."""
+    return render_to_string("chat/oob/live_status.html", {"up": up})

@@ -97,11 +97,16 @@ async def test_history_sent_to_the_model_is_trimmed_to_the_budget(
 async def test_a_second_connection_on_the_conversation_sees_the_reply_live_without_chunks_twice(
     user, conversation, connect, scripted
 ):
-    scripted([f"piece{i} " for i in range(20)], delay=0.02)
     asker = await connect(user, conversation.pk)
     watcher = await connect(user, conversation.pk)
-    await asyncio.sleep(0.2)  # presence announcements settle
+    # A first turn: its end reaches the watcher whether or not the asker has heard of it
+    # yet, and by then it has (the watcher announced itself when it opened).
+    scripted(["warm up"])
+    await asker.send_to(send("first"))
+    await read_reply(asker)
+    await read_reply(watcher)
 
+    scripted([f"piece{i} " for i in range(20)], delay=0.02)
     await asker.send_to(send("hello both"))
     asker_frames = [await asker.receive_from(timeout=5), *await read_reply(asker)]
     watcher_frames = await read_reply(watcher)

@@ -26,9 +26,9 @@ def sign_up(page: Page, username: str | None = None) -> str:
 
 
 def wait_connected(page: Page, timeout: float = 10) -> None:
-    """chat.js marks the page when htmx's WebSocket opens (and closes)."""
+    """chat.js marks the page when htmx's WebSocket opens ("back" after a reconnect)."""
     expect(page.locator("body")).to_have_attribute(
-        "data-connection", "open", timeout=timeout * 1000
+        "data-connection", re.compile(r"^(open|back)$"), timeout=timeout * 1000
     )
 
 

@@ -98,10 +98,9 @@ class Server:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         (workdir / "static").mkdir()
+        self.layer_prefix = f"e2e-{uuid.uuid4().hex[:8]}"
         (workdir / "e2e_settings.py").write_text(
-            SETTINGS_OVERRIDES.format(
-                static_root=str(workdir / "static"), prefix=f"e2e-{uuid.uuid4().hex[:8]}"
-            )
+            SETTINGS_OVERRIDES.format(static_root=str(workdir / "static"), prefix=self.layer_prefix)
         )
         self.env = {
             **os.environ,

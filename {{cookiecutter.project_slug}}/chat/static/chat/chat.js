@@ -34,13 +34,33 @@ htmx.config.wsReconnectDelay = (retryCount) => {
   return ceiling / 2 + (Math.random() * ceiling) / 2;
 };
 
-// The connection's state shows as "Reconnecting…" (chat.css); a reconnect catches up.
+// The connection's state shows as "Reconnecting…", then "Connected again." (chat.css): one
+// notice per outage however many attempts it takes. A reconnect catches up.
 document.body.addEventListener("htmx:wsOpen", () => {
   const reconnected = document.body.dataset.connection === "closed";
-  document.body.dataset.connection = "open";
+  document.body.dataset.connection = reconnected ? "back" : "open";
   if (reconnected) catchUp();
 });
 document.body.addEventListener("htmx:wsClose", () => { document.body.dataset.connection = "closed"; });
+
+// A reply that shows no progress for a while may have ended unheard: its end was sent while
+// the channel layer was down, or its server stopped. Check it against the server, as after a
+// reconnect; the server answers with what it stored.
+const STALE_AFTER_MS = 5000;
+let lastProgress = Date.now();
+const messageList = document.getElementById("messages");
+if (messageList) {
+  new MutationObserver(() => { lastProgress = Date.now(); })
+    .observe(messageList, { childList: true, subtree: true, characterData: true });
+  setInterval(() => {
+    const waiting = document.querySelector("#messages article.message.streaming");
+    if (waiting && document.body.dataset.connection !== "closed"
+        && Date.now() - lastProgress > STALE_AFTER_MS) {
+      lastProgress = Date.now();
+      catchUp();
+    }
+  }, 1000);
+}
 
 // A reply that was streaming when the connection dropped may have ended meanwhile (a
 // server restart stops it) without the page hearing of it: show such replies as stored.

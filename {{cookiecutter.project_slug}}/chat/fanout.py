@@ -1,0 +1,137 @@
+"""Best-effort fan-out through the channel layer, off the path that streams a reply.
+
+A reply streams to the socket that asked without ever waiting on the channel layer: what
+other connections should see goes into a small outbox, which a task of this connection
+sends. A slow or unreachable layer (Redis down or hanging) costs the asker's reply nothing.
+
+- The outbox holds one entry per thing shown on the page: a newer snapshot of a reply
+  replaces the one still waiting, and the finished reply replaces its last snapshot.
+- After a failed send the outbox keeps what carries state (``keep=True``: a turn, a
+  finished reply, a title) and drops the rest (snapshots, presence); it tries again after
+  ``FIRST_DELAY`` seconds, doubling up to ``MAX_DELAY``, so an outage costs each
+  connection with something to send one attempt per ``MAX_DELAY`` seconds at most.
+- The first send that succeeds after an outage delivers what was kept, so connections
+  watching from other tabs and processes catch up with the final state. Pub/sub keeps
+  nothing for a subscriber that is still reconnecting (channels_redis retries once a
+  second), so what can be shown twice without harm (``replay=True``: a reply's finished
+  state, which replaces itself) is sent once more ``REPLAY_DELAY`` seconds later. Pages
+  also check a reply that shows no progress for a while themselves (chat.js).
+- ``on_change(False)`` is awaited once when fan-out goes down and ``on_change(True)`` once
+  when it is back. Any exception from the layer counts as "down": fan-out is best effort,
+  and the reason is logged.
+"""
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+FIRST_DELAY = 0.5  # seconds before the first retry after a failed send
+MAX_DELAY = 10.0  # seconds between retries at most, while the layer stays down
+MAX_ENTRIES = 64  # the oldest entry is dropped past this many
+REPLAY_DELAY = 3.0  # seconds after an outage before replayable entries are sent again
+
+
+@dataclass(frozen=True)
+class Entry:
+    message: dict
+    channel: str | None  # a single channel; None: the conversation's group
+    keep: bool  # still worth sending after an outage
+    replay: bool  # harmless to show twice: sent again a while after an outage
+
+
+class Fanout:
+    """The outbox of one connection.
+
+    ``put`` may be called from any thread (the sync consumer's reply threads too); the
+    sends happen on ``loop``. ``send_group(message)`` and ``send_channel(channel, message)``
+    are the channel layer's.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        send_group: Callable[[dict], Awaitable[None]],
+        send_channel: Callable[[str, dict], Awaitable[None]],
+        on_change: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        self.loop = loop
+        self.send_group = send_group
+        self.send_channel = send_channel
+        self.on_change = on_change
+        self.outbox: OrderedDict[str, Entry] = OrderedDict()
+        self.to_replay: dict[str, Entry] = {}
+        self.up = True
+        self.closing = False
+        self.task: asyncio.Task | None = None
+
+    def put(
+        self,
+        key: str,
+        message: dict,
+        *,
+        channel: str | None = None,
+        keep: bool = False,
+        replay: bool = False,
+    ) -> None:
+        """Queue a message, replacing any still waiting under the same key; never blocks."""
+        entry = Entry(message, channel, keep or replay, replay)
+        with suppress(RuntimeError):  # the server's loop has closed: nobody is left to tell
+            self.loop.call_soon_threadsafe(self._put, key, entry)
+
+    def close(self) -> None:
+        """The connection is gone: send what is waiting (within limits), then stop."""
+        self.closing = True
+
+    def _put(self, key: str, entry: Entry) -> None:
+        self.outbox[key] = entry
+        while len(self.outbox) > MAX_ENTRIES:
+            self.outbox.popitem(last=False)
+        if self.task is None or self.task.done():
+            self.task = self.loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        delay = FIRST_DELAY
+        while self.outbox:
+            key, entry = next(iter(self.outbox.items()))
+            try:
+                if entry.channel is None:
+                    await self.send_group(entry.message)
+                else:
+                    await self.send_channel(entry.channel, entry.message)
+            except Exception as error:  # noqa: BLE001 - best effort, logged
+                await self._went_down(error)
+                if self.closing and delay >= MAX_DELAY:
+                    return  # the connection is gone and the layer stays down: give up
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_DELAY)
+                continue
+            if self.outbox.get(key) is entry:  # not replaced by a newer one meanwhile
+                del self.outbox[key]
+            if entry.replay and delay > FIRST_DELAY:  # it went out across an outage
+                self.to_replay[key] = entry
+            delay = FIRST_DELAY
+            if not self.up:
+                self.up = True
+                logger.warning("Channel layer reachable again: fan-out resumed")
+                self.loop.call_later(REPLAY_DELAY, self._replay)
+                await self.on_change(True)
+
+    def _replay(self) -> None:
+        for key, entry in self.to_replay.items():
+            if key not in self.outbox:  # a newer state is on its way anyway
+                self._put(key, entry)
+        self.to_replay.clear()
+
+    async def _went_down(self, error: Exception) -> None:
+        self.to_replay.update((k, e) for k, e in self.outbox.items() if e.replay)
+        for key in [key for key, entry in self.outbox.items() if not entry.keep]:
+            del self.outbox[key]
+        if self.up:
+            self.up = False
+            logger.warning("Channel layer unreachable, fan-out paused: %r", error)
+            await self.on_change(False)

@@ -66,6 +66,8 @@ class Fanout:
         self.outbox: OrderedDict[str, Entry] = OrderedDict()
         self.to_replay: dict[str, Entry] = {}
         self.up = True
+        self.delay = FIRST_DELAY  # before the next retry, while the layer is down
+        self.retry_at = 0.0  # loop time of the next attempt, while the layer is down
         self.closing = False
         self.task: asyncio.Task | None = None
 
@@ -95,8 +97,9 @@ class Fanout:
             self.task = self.loop.create_task(self._drain())
 
     async def _drain(self) -> None:
-        delay = FIRST_DELAY
         while self.outbox:
+            if not self.up:  # wait out the backoff, whichever put started this drain
+                await asyncio.sleep(self.retry_at - self.loop.time())
             key, entry = next(iter(self.outbox.items()))
             try:
                 if entry.channel is None:
@@ -105,18 +108,18 @@ class Fanout:
                     await self.send_channel(entry.channel, entry.message)
             except Exception as error:  # noqa: BLE001 - best effort, logged
                 await self._went_down(error)
-                if self.closing and delay >= MAX_DELAY:
+                if self.closing and self.delay >= MAX_DELAY:
                     return  # the connection is gone and the layer stays down: give up
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_DELAY)
+                self.retry_at = self.loop.time() + self.delay
+                self.delay = min(self.delay * 2, MAX_DELAY)
                 continue
             if self.outbox.get(key) is entry:  # not replaced by a newer one meanwhile
                 del self.outbox[key]
-            if entry.replay and delay > FIRST_DELAY:  # it went out across an outage
+            if entry.replay and not self.up:  # it went out across an outage
                 self.to_replay[key] = entry
-            delay = FIRST_DELAY
             if not self.up:
                 self.up = True
+                self.delay = FIRST_DELAY
                 logger.warning("Channel layer reachable again: fan-out resumed")
                 self.loop.call_later(REPLAY_DELAY, self._replay)
                 await self.on_change(True)

@@ -97,14 +97,22 @@ async def test_retries_back_off_so_an_outage_costs_few_attempts(quick):
     layer.send_group = timed
     box = outbox(layer)
     layer.down = True
-    box.put("turn-1", {"html": "turn"}, keep=True)
-    await until(lambda: len(times) >= 7)
+    # A reply streaming through the outage: a snapshot every few milliseconds, each one
+    # dropped when its send fails.
+    snapshot = 0
+    while len(times) < 7:
+        snapshot += 1
+        box.put("message-1", {"html": f"snapshot {snapshot}"})
+        await asyncio.sleep(0.002)
     failed = times[:7]
     layer.down = False
-    await until(lambda: layer.sent == ["turn"])
+    box.put("message-1", {"html": "finished"}, replay=True)
+    await until(lambda: "finished" in layer.sent)
 
-    # Each wait at least doubles, up to MAX_DELAY (a busy machine only makes them longer):
-    # an outage of a minute costs a connection about 60 / MAX_DELAY attempts.
+    # Each wait at least doubles, up to MAX_DELAY (a busy machine only makes them longer),
+    # however often there is something new to send: an outage of a minute costs a
+    # connection about 60 / MAX_DELAY attempts.
+    assert snapshot > 50
     gaps = [later - earlier for earlier, later in zip(failed, failed[1:], strict=False)]
     assert all(
         gap >= wait * 0.9

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from . import limits
 from .llm import ChatMessage
 from .models import Conversation, Message
 
@@ -35,13 +36,9 @@ def generating(conversation: Conversation) -> Message | None:
 
 
 def check_rate(user) -> None:
-    limit = settings.CHAT_MESSAGES_PER_MINUTE
-    since = timezone.now() - timedelta(minutes=1)
-    sent = Message.objects.filter(
-        conversation__owner=user, role=Message.Role.USER, created_at__gte=since
-    ).count()
-    if sent >= limit:
-        raise Refused(f"You can send {limit} messages a minute. Wait a moment, then try again.")
+    """Refused past CHAT_MESSAGES_PER_MINUTE replies (retries included): see chat.limits."""
+    if refusal := limits.reply_rate_refusal(user):
+        raise Refused(refusal)
 
 
 def start_turn(conversation: Conversation, text: str) -> tuple[Message, Message]:

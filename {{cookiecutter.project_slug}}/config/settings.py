@@ -225,6 +225,14 @@ CHAT_SYSTEM_PROMPT = os.environ.get("CHAT_SYSTEM_PROMPT", "You are a helpful ass
 CHAT_HISTORY_BUDGET = int(os.environ.get("CHAT_HISTORY_BUDGET", "12000"))
 CHAT_MAX_MESSAGE_LENGTH = int(os.environ.get("CHAT_MAX_MESSAGE_LENGTH", "4000"))
 CHAT_MESSAGES_PER_MINUTE = int(os.environ.get("CHAT_MESSAGES_PER_MINUTE", "20"))
+
+# Socket limits (chat/limits.py): frame size checked before parsing, frames a second per
+# connection, open sockets per user and process. The server refuses frames over twice the
+# consumer's limit unread (daphne here; uvicorn: --ws-max-size in the README's command).
+CHAT_MAX_FRAME_BYTES = int(os.environ.get("CHAT_MAX_FRAME_BYTES", "65536"))
+CHAT_FRAMES_PER_SECOND = float(os.environ.get("CHAT_FRAMES_PER_SECOND", "5"))
+CHAT_SOCKETS_PER_USER = int(os.environ.get("CHAT_SOCKETS_PER_USER", "10"))
+DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = 2 * CHAT_MAX_FRAME_BYTES
 # A reply is cut off after this many seconds; one still marked streaming after that was
 # abandoned (its server stopped) and no longer blocks the conversation.
 CHAT_GENERATION_TIMEOUT = int(os.environ.get("CHAT_GENERATION_TIMEOUT", "300"))

@@ -15,11 +15,13 @@ import pytest
 import redis
 {%- endif %}
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 {%- if cookiecutter.channel_layer == "redis" %}
 from django.conf import settings
 {%- endif %}
 from django.contrib.auth import get_user_model
+from django.db import connections
 from django.test import Client
 
 from chat import consumers
@@ -180,6 +182,9 @@ async def connect():
 {%- endif %}
     if running:
         await asyncio.wait(running, timeout=20)
+    # The consumers' thread keeps its database connection (CONN_MAX_AGE): close it, or
+    # PostgreSQL refuses to drop the test database at the end of the run.
+    await database_sync_to_async(connections.close_all)()
 
 
 async def read_until(socket: WebsocketCommunicator, pattern: re.Pattern, wait: float = 10):

@@ -60,6 +60,12 @@ def fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
+def own_cache(settings):
+    """Account rate limits count in the cache: each test starts with an empty one of its own."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+@pytest.fixture(autouse=True)
 def quick_demo_model(settings):
     settings.LLM_API_KEY = ""
     settings.LLM_BASE_URL = None

@@ -137,6 +137,8 @@ ACCOUNT_RATE_LIMITS = {
     "signup": os.environ.get("ACCOUNT_RATE_LIMIT_SIGNUP", "20/m/ip"),
     "reset_password": os.environ.get("ACCOUNT_RATE_LIMIT_RESET_PASSWORD", "20/m/ip,5/m/key"),
 }
+# Proxies of yours in front of the app: the client address is read from X-Forwarded-For.
+ALLAUTH_TRUSTED_PROXY_COUNT = int(os.environ.get("ALLAUTH_TRUSTED_PROXY_COUNT", "0"))
 
 # E-mail: printed to the console in development; in production EMAIL_URL says how to send,
 # e.g. smtp+tls://user:password@smtp.example.com:587 (django-environ's URL schemes), turned

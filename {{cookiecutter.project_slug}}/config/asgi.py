@@ -19,8 +19,6 @@ application = ProtocolTypeRouter(
         "http": django_asgi_app,
         # Refuses pages of other origins (scheme, host and port, as Django's CSRF check does)
         # and clients that send no Origin, before any auth work.
-        "websocket": SameOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -12,8 +12,9 @@ LIMITS = {"conversation_id": 7, "max_length": 4000, "max_bytes": 65536}
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 frames = st.fixed_dictionaries(
@@ -71,8 +72,16 @@ def test_any_binary_frame_is_refused_with_a_frame_error(data):
         ('{"message": "hi", "action": ["send"]}', "Unknown action"),
         ('{"message": "hi", "conversation": ' + "9" * 5000 + "}", "not valid JSON"),
     ],
-    ids=["nested", "too-large", "too-large-in-bytes", "surrogate", "nul", "id-list",
-         "action-list", "huge-int"],
+    ids=[
+        "nested",
+        "too-large",
+        "too-large-in-bytes",
+        "surrogate",
+        "nul",
+        "id-list",
+        "action-list",
+        "huge-int",
+    ],
 )
 def test_a_hostile_frame_is_a_frame_error_with_a_clear_message(text, explains):
     with pytest.raises(FrameError, match=explains):

@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.db import connection
+from django.db import connection, transaction
 
 from chat import limits
 from chat.llm import ProviderError
@@ -107,9 +109,7 @@ async def test_sockets_past_the_per_user_limit_are_told_why_and_closed(
     assert FINISHED.search((await read_reply(fourth))[-1])
 
 
-async def test_retries_count_toward_the_rate_limit(
-    user, conversation, connect, scripted, settings
-):
+async def test_retries_count_toward_the_rate_limit(user, conversation, connect, scripted, settings):
     settings.CHAT_MESSAGES_PER_MINUTE = 3
     model = scripted(["no"], fail=ProviderError("The model provider broke off the reply."))
     socket = await connect(user, conversation.pk)
@@ -197,3 +197,58 @@ def test_the_rate_limit_holds_across_conversations_and_processes(user):
 
     assert sum(accepted) == limit, accepted
     assert Message.objects.filter(role="assistant").count() == limit
+
+
+def blocked_on_a_lock() -> bool:
+    """Whether another session of this PostgreSQL database waits for a row lock."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.postgres
+def test_two_connections_cannot_both_take_the_last_reply_of_the_minute(user, settings):
+    """The count and the insert are one step per user: the second waits for the first.
+
+    On PostgreSQL the second connection is caught between the first's count and its insert
+    (it is seen waiting for the user's row lock, or past its own count); SQLite's IMMEDIATE
+    transactions let only one writer in at a time.
+    """
+    settings.CHAT_MESSAGES_PER_MINUTE = 1
+    conversation = Conversation.objects.create(owner=user)
+    first_counted, let_first_insert, second_counted = (threading.Event() for _ in range(3))
+    refusals: dict[str, str | None] = {}
+
+    def ask(name: str, counted: threading.Event, before_insert: threading.Event | None):
+        try:
+            with transaction.atomic():
+                refusals[name] = limits.reply_rate_refusal(user)
+                counted.set()
+                if before_insert:
+                    before_insert.wait(timeout=30)
+                if refusals[name] is None:
+                    conversation.messages.create(role=Message.Role.ASSISTANT)
+        finally:
+            counted.set()
+            connection.close()
+
+    first = threading.Thread(target=ask, args=("first", first_counted, let_first_insert))
+    second = threading.Thread(target=ask, args=("second", second_counted, None))
+    first.start()
+    assert first_counted.wait(timeout=30)
+    second.start()
+    if connection.vendor == "postgresql":
+        deadline = time.monotonic() + 30
+        while not (second_counted.is_set() or blocked_on_a_lock()):
+            assert time.monotonic() < deadline, "the second connection never got going"
+            time.sleep(0.01)
+    let_first_insert.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+
+    assert refusals["first"] is None
+    assert refusals["second"] and "1 messages a minute" in refusals["second"]
+    assert Message.objects.filter(role=Message.Role.ASSISTANT).count() == 1

@@ -134,7 +134,7 @@ ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_RATE_LIMITS = {
     # Wrong passwords: per client address, and per account (the "key") across addresses.
     "login_failed": os.environ.get("ACCOUNT_RATE_LIMIT_LOGIN_FAILED", "10/m/ip,5/5m/key"),
-    "signup": os.environ.get("ACCOUNT_RATE_LIMIT_SIGNUP", "20/m/ip"),
+    "signup": os.environ.get("ACCOUNT_RATE_LIMIT_SIGNUP", "5/m/ip,30/h/ip"),
     "reset_password": os.environ.get("ACCOUNT_RATE_LIMIT_RESET_PASSWORD", "20/m/ip,5/m/key"),
 }
 # Proxies of yours in front of the app: the client address is read from X-Forwarded-For.

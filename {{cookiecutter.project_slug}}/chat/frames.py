@@ -99,3 +99,15 @@ def storable(message: str) -> str:
     if "\x00" in message:
         raise FrameError("That message contains a NUL character, which cannot be stored.")
     return message
+
+
+def storable_text(text: str) -> str:
+    """Text from elsewhere (a model's reply) made storable: NUL and lone surrogates become
+    U+FFFD, the replacement character. Surrogate pairs are joined first."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text

@@ -7,6 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import limits
+from .frames import storable_text
 from .llm import ChatMessage
 from .models import Conversation, Message
 
@@ -98,7 +99,7 @@ def model_input(reply: Message) -> list[ChatMessage]:
 
 
 def finish_reply(reply: Message, content: str, status: str, error: str = "") -> Message:
-    reply.content = content
+    reply.content = storable_text(content)  # model output: nothing the database refuses
     reply.status = status
     reply.error = error
     reply.save(update_fields=["content", "status", "error", "updated_at"])

@@ -178,3 +178,17 @@ async def test_an_unexpected_error_in_a_handler_is_logged_and_answered(
     assert any("failed" in r.message and r.exc_info for r in caplog.records)
     monkeypatch.undo()
     await assert_still_usable(socket, conversation)
+
+
+@pytest.mark.postgres
+async def test_characters_the_database_refuses_in_a_reply_are_replaced_not_fatal(
+    user, conversation, connect, scripted
+):
+    scripted(["a NUL \x00 ", "and a lone \ud800 surrogate"])
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(json.dumps({"message": "say something odd"}))
+    frames = await read_reply(socket)
+
+    assert final_status(frames) == "complete"
+    reply = await Message.objects.aget(conversation=conversation, role="assistant")
+    assert reply.content == "a NUL \ufffd and a lone \ufffd surrogate"

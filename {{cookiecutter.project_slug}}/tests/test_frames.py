@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat.frames import ACTIONS, Frame, FrameError, parse_frame
+from chat.frames import ACTIONS, Frame, FrameError, parse_frame, storable_text
 
 LIMITS = {"conversation_id": 7, "max_length": 4000, "max_bytes": 65536}
 
@@ -94,3 +94,11 @@ def test_the_size_limit_counts_utf8_bytes_before_parsing():
     assert parse_frame(exactly, None, conversation_id=7, max_length=4000, max_bytes=100).message
     with pytest.raises(FrameError, match="the limit is 99 bytes"):
         parse_frame(exactly, None, conversation_id=7, max_length=4000, max_bytes=99)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters() | st.sampled_from(["\x00", "\ud800", "\udfff", "\ud83d", "\ude00"])))
+def test_any_model_text_becomes_storable(text):
+    stored = storable_text(text)
+    stored.encode("utf-8")
+    assert "\x00" not in stored

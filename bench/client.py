@@ -142,7 +142,7 @@ def http_login(base: str, username: str, password: str, conversation: int) -> st
     if status != 200 or token is None:
         raise RuntimeError(f"login page: HTTP {status}")
     form = urllib.parse.urlencode(
-        {"username": username, "password": password, "csrfmiddlewaretoken": token.group(1)}
+        {"login": username, "password": password, "csrfmiddlewaretoken": token.group(1)}
     )
     status, _, headers = request("POST", "/accounts/login/", form)
     if status != 302 or "sessionid" not in jar:

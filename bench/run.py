@@ -125,6 +125,10 @@ def project_env(args: argparse.Namespace, variant: Variant, threads: int = 200) 
         OLLAMA_HOST="",
         DEMO_MODEL_DELAY=str(args.delay),
         CHAT_MESSAGES_PER_MINUTE="1000000000",
+        # Throughput, not abuse: the per-connection and per-user socket limits stay out of it.
+        CHAT_FRAMES_PER_SECOND="1000000",
+        CHAT_SOCKETS_PER_USER="1000000",
+        EMAIL_URL="consolemail://",
         CHAT_REPLY_THREADS=str(threads),
         REDIS_URL=args.redis_url,
     )

@@ -27,6 +27,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from allauth.account.models import EmailAddress  # noqa: E402
 from chat.llm import ChatMessage  # noqa: E402
 from chat.llm.demo import compose_reply, tokens  # noqa: E402
 from chat.models import Conversation  # noqa: E402
@@ -73,7 +74,14 @@ def make_users(count: int) -> None:
         return
     password = make_password(PASSWORD)
     users = User.objects.bulk_create(
-        [User(username=username(i), password=password) for i in range(have, count)]
+        [
+            User(username=username(i), email=f"{username(i)}@bench.invalid", password=password)
+            for i in range(have, count)
+        ]
+    )
+    # Verified addresses: allauth lets no one log in before verifying theirs.
+    EmailAddress.objects.bulk_create(
+        [EmailAddress(user=u, email=u.email, verified=True, primary=True) for u in users]
     )
     expire = timezone.now() + timedelta(days=1)
     sessions = []

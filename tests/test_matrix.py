@@ -9,10 +9,12 @@ generated project's own tools say about it. Select one combination with, for exa
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
 import tomllib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,6 +240,24 @@ def test_models_have_no_missing_migrations(synced: Path, env: dict[str, str]) ->
 def test_generated_projects_own_test_suite_passes(synced: Path, env: dict[str, str]) -> None:
     result = assert_succeeds([uv_bin(), "run", "pytest"], synced, env)
     assert re.search(r"\b\d+ passed\b", result.output), result.describe()
+
+
+def test_generated_projects_database_edge_cases_pass_on_postgresql(
+    synced: Path, env: dict[str, str]
+) -> None:
+    """The tests marked postgres (NUL characters, the rate limit across processes and
+    connections) on a real PostgreSQL, in a test database of this run's own that pytest-django
+    creates and drops."""
+    server = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
+    name = f"matrix_{uuid.uuid4().hex[:12]}"
+    result = assert_succeeds(
+        [uv_bin(), "run", "pytest", "-m", "postgres", "-p", "no:cacheprovider"],
+        synced,
+        {**env, "DATABASE_URL": f"{server}/{name}"},
+    )
+    assert re.search(r"\b\d+ passed\b", result.output), result.describe()
+    assert not re.search(r"\b\d+ (skipped|failed|error)", result.output), result.describe()
+    assert "Error when trying to teardown test databases" not in result.output, result.describe()
 
 
 def test_generated_projects_browser_tests_pass(

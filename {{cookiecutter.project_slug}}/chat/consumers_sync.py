@@ -23,7 +23,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 {%- endif %}
 
-from . import fragments, services
+from . import fragments, limits, services
 from .fanout import Fanout
 from .frames import FrameError, parse_frame
 from .llm import ProviderError, get_chat_model
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 FAILED = "Something went wrong while writing the reply. Retry in a moment."
 TOO_LONG = "The reply ran past the time limit and was cut off."
+UNEXPECTED = "Something went wrong with that request. Try again in a moment."
 
 # Replies being written in this process, by conversation id, so Stop from any tab finds them.
 replies: dict[int, threading.Event] = {}
@@ -85,6 +86,12 @@ class ChatConsumer(WebsocketConsumer):
             # Anonymous, someone else's or missing: one answer, so nothing leaks.
             self.close(code=4403)
             return
+        self.limits = limits.ConnectionLimits(self.scope["user"].pk)
+        if refusal := self.limits.admit():
+            self.accept()
+            self.send(text_data=fragments.error(refusal))
+            self.close(code=limits.CLOSE_OVER_LIMIT)
+            return
         self.peers: set[str] = set()
         self.live = True
         async_to_sync(self.channel_layer.group_add)(self.conversation.group_name, self.channel_name)
@@ -109,6 +116,8 @@ class ChatConsumer(WebsocketConsumer):
         )
 
     def disconnect(self, code: int) -> None:
+        if hasattr(self, "limits"):
+            self.limits.release()
         if not hasattr(self, "group"):
             return
         self.live = False
@@ -123,22 +132,30 @@ class ChatConsumer(WebsocketConsumer):
             stop.set()  # nobody is left to read it: stop paying for tokens
 
     def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if (refusal := self.limits.refuse_frame()) is not None:
+            if refusal:
+                self.send_live(fragments.error(refusal))
+            return
         try:
             frame = parse_frame(
                 text_data,
                 bytes_data,
                 conversation_id=self.conversation.pk,
                 max_length=settings.CHAT_MAX_MESSAGE_LENGTH,
+                max_bytes=settings.CHAT_MAX_FRAME_BYTES,
             )
+            if frame.action == "stop":
+                self.stop()
+            elif frame.action == "retry":
+                self.retry()
+            else:
+                self.ask(frame.message)
         except FrameError as error:
             self.send_live(fragments.error(str(error)))
-            return
-        if frame.action == "stop":
-            self.stop()
-        elif frame.action == "retry":
-            self.retry()
-        else:
-            self.ask(frame.message)
+        except Exception:
+            # Whatever went wrong, this connection (and any reply it streams) lives on.
+            logger.exception("Frame on conversation %s failed", self.conversation.pk)
+            self.send_live(fragments.error(UNEXPECTED))
 
     def ask(self, text: str) -> None:
         try:

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from . import limits
+from .frames import storable_text
 from .llm import ChatMessage
 from .models import Conversation, Message
 
@@ -35,13 +37,9 @@ def generating(conversation: Conversation) -> Message | None:
 
 
 def check_rate(user) -> None:
-    limit = settings.CHAT_MESSAGES_PER_MINUTE
-    since = timezone.now() - timedelta(minutes=1)
-    sent = Message.objects.filter(
-        conversation__owner=user, role=Message.Role.USER, created_at__gte=since
-    ).count()
-    if sent >= limit:
-        raise Refused(f"You can send {limit} messages a minute. Wait a moment, then try again.")
+    """Refused past CHAT_MESSAGES_PER_MINUTE replies (retries included): see chat.limits."""
+    if refusal := limits.reply_rate_refusal(user):
+        raise Refused(refusal)
 
 
 def start_turn(conversation: Conversation, text: str) -> tuple[Message, Message]:
@@ -101,7 +99,7 @@ def model_input(reply: Message) -> list[ChatMessage]:
 
 
 def finish_reply(reply: Message, content: str, status: str, error: str = "") -> Message:
-    reply.content = content
+    reply.content = storable_text(content)  # model output: nothing the database refuses
     reply.status = status
     reply.error = error
     reply.save(update_fields=["content", "status", "error", "updated_at"])

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import environ
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 from dotenv import load_dotenv
 
@@ -42,7 +44,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_htmx",
-    "accounts",
+    "accounts",  # before allauth: its templates restyle allauth's pages
+    "allauth",
+    "allauth.account",
     "chat",
 ]
 
@@ -55,6 +59,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
@@ -104,15 +109,71 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 # Authentication
 # https://docs.djangoproject.com/en/6.1/topics/auth/default/
-LOGIN_URL = "login"
+LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "chat:home"
-LOGOUT_REDIRECT_URL = "login"
+LOGOUT_REDIRECT_URL = "account_login"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# Accounts, by django-allauth: sign-up with a verified e-mail address, login by e-mail or
+# username, password reset by mail. Rate limits are counted in the cache (CACHES below).
+# https://docs.allauth.org/en/latest/account/configuration.html
+# https://docs.allauth.org/en/latest/account/rate_limits.html
+ACCOUNT_LOGIN_METHODS = {"email", "username"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "username*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_RATE_LIMITS = {
+    # Wrong passwords: per client address, and per account (the "key") across addresses.
+    "login_failed": os.environ.get("ACCOUNT_RATE_LIMIT_LOGIN_FAILED", "10/m/ip,5/5m/key"),
+    "signup": os.environ.get("ACCOUNT_RATE_LIMIT_SIGNUP", "5/m/ip,30/h/ip"),
+    "reset_password": os.environ.get("ACCOUNT_RATE_LIMIT_RESET_PASSWORD", "20/m/ip,5/m/key"),
+}
+# Proxies of yours in front of the app: the client address is read from X-Forwarded-For.
+ALLAUTH_TRUSTED_PROXY_COUNT = int(os.environ.get("ALLAUTH_TRUSTED_PROXY_COUNT", "0"))
+
+# E-mail: printed to the console in development; in production EMAIL_URL says how to send,
+# e.g. smtp+tls://user:password@smtp.example.com:587 (django-environ's URL schemes), turned
+# into Django's MAILERS.
+# https://django-environ.readthedocs.io/en/latest/types.html#environ-env-email-url
+# https://docs.djangoproject.com/en/6.1/ref/settings/#mailers
+EMAIL_URL = os.environ.get("EMAIL_URL", "consolemail://" if DEBUG else "")
+if not EMAIL_URL:
+    raise ImproperlyConfigured(
+        "Set EMAIL_URL (e.g. smtp+tls://user:password@smtp.example.com:587): production "
+        "sends password resets and address verifications by mail."
+    )
+
+
+def mailer(url: str) -> dict:
+    """A MAILERS entry from an e-mail URL: the backend and its options, unset ones left out."""
+    config = environ.Env.email_url_config(url)
+    options = {
+        "host": config["EMAIL_HOST"],
+        "port": config["EMAIL_PORT"],
+        "username": config["EMAIL_HOST_USER"],
+        "password": config["EMAIL_HOST_PASSWORD"],
+        "use_tls": config.get("EMAIL_USE_TLS"),
+        "use_ssl": config.get("EMAIL_USE_SSL"),
+        "file_path": config["EMAIL_FILE_PATH"],
+    }
+    return {
+        "BACKEND": config["EMAIL_BACKEND"],
+        "OPTIONS": {name: value for name, value in options.items() if value},
+    }
+
+
+MAILERS = {"default": mailer(EMAIL_URL)}
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "webmaster@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
 # Internationalization
 # https://docs.djangoproject.com/en/6.1/topics/i18n/
@@ -131,6 +192,11 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # https://channels.readthedocs.io/en/latest/topics/channel_layers.html
 {%- if cookiecutter.channel_layer == "redis" %}
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# The cache holds the account rate limits: in Redis, every process counts the same attempts.
+# https://docs.djangoproject.com/en/6.1/topics/cache/#redis
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+}
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -225,6 +291,14 @@ CHAT_SYSTEM_PROMPT = os.environ.get("CHAT_SYSTEM_PROMPT", "You are a helpful ass
 CHAT_HISTORY_BUDGET = int(os.environ.get("CHAT_HISTORY_BUDGET", "12000"))
 CHAT_MAX_MESSAGE_LENGTH = int(os.environ.get("CHAT_MAX_MESSAGE_LENGTH", "4000"))
 CHAT_MESSAGES_PER_MINUTE = int(os.environ.get("CHAT_MESSAGES_PER_MINUTE", "20"))
+
+# Socket limits (chat/limits.py): frame size checked before parsing, frames a second per
+# connection, open sockets per user and process. The server refuses frames over twice the
+# consumer's limit unread (daphne here; uvicorn: --ws-max-size in the README's command).
+CHAT_MAX_FRAME_BYTES = int(os.environ.get("CHAT_MAX_FRAME_BYTES", "65536"))
+CHAT_FRAMES_PER_SECOND = float(os.environ.get("CHAT_FRAMES_PER_SECOND", "5"))
+CHAT_SOCKETS_PER_USER = int(os.environ.get("CHAT_SOCKETS_PER_USER", "10"))
+DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = 2 * CHAT_MAX_FRAME_BYTES
 # A reply is cut off after this many seconds; one still marked streaming after that was
 # abandoned (its server stopped) and no longer blocks the conversation.
 CHAT_GENERATION_TIMEOUT = int(os.environ.get("CHAT_GENERATION_TIMEOUT", "300"))

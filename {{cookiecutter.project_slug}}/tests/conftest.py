@@ -15,11 +15,13 @@ import pytest
 import redis
 {%- endif %}
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 {%- if cookiecutter.channel_layer == "redis" %}
 from django.conf import settings
 {%- endif %}
 from django.contrib.auth import get_user_model
+from django.db import connections
 from django.test import Client
 
 from chat import consumers
@@ -55,6 +57,12 @@ def redis_is_up():
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(settings):
+    """Account rate limits count in the cache: each test starts with an empty one of its own."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 
 @pytest.fixture(autouse=True)
@@ -180,6 +188,9 @@ async def connect():
 {%- endif %}
     if running:
         await asyncio.wait(running, timeout=20)
+    # The consumers' thread keeps its database connection (CONN_MAX_AGE): close it, or
+    # PostgreSQL refuses to drop the test database at the end of the run.
+    await database_sync_to_async(connections.close_all)()
 
 
 async def read_until(socket: WebsocketCommunicator, pattern: re.Pattern, wait: float = 10):

@@ -117,3 +117,78 @@ async def test_sending_past_the_rate_limit_is_refused_before_the_model_is_called
     assert NOTICE in notice and "2 messages a minute" in notice
     assert len(model.calls) == 2
     assert await Message.objects.filter(role="user").acount() == 2
+
+
+# Frames that once crashed the handler (RecursionError in json.loads, UnicodeEncodeError on
+# insert, DataError on PostgreSQL) and dropped the socket without a close frame.
+CRASHERS = [
+    ("[" * 20_000, "nested too deeply"),
+    (json.dumps({"message": "a lone \ud800 surrogate"}), "lone UTF-16 surrogate"),
+    (json.dumps({"message": "a NUL \x00 character"}), "NUL character"),
+]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("frame", "explains"), CRASHERS, ids=["nesting", "surrogate", "nul"])
+async def test_a_frame_that_once_crashed_the_handler_gets_a_clear_error(
+    user, conversation, connect, frame, explains
+):
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(frame)
+    notice = await socket.receive_from(timeout=5)
+
+    assert NOTICE in notice and explains in notice
+    assert await Message.objects.filter(conversation=conversation).acount() == 0
+    await assert_still_usable(socket, conversation)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("frame", "explains"), CRASHERS, ids=["nesting", "surrogate", "nul"])
+async def test_a_bad_frame_during_a_reply_leaves_the_reply_streaming_to_this_socket(
+    user, conversation, connect, scripted, frame, explains
+):
+    scripted([f"w{i} " for i in range(20)], delay=0.02)
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(json.dumps({"message": "first"}))
+    await read_until(socket, CHUNK)
+
+    await socket.send_to(frame)
+    frames = await read_reply(socket)
+
+    assert any(NOTICE in f and explains in f for f in frames)
+    assert final_status(frames) == "complete"
+    assert "w19" in "".join(frames)
+
+
+async def test_an_unexpected_error_in_a_handler_is_logged_and_answered(
+    user, conversation, connect, monkeypatch, caplog
+):
+    from chat import services
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(services, "start_turn", broken)
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(json.dumps({"message": "hello"}))
+    notice = await socket.receive_from(timeout=5)
+
+    assert NOTICE in notice and "Something went wrong with that request" in notice
+    assert "a bug" not in notice
+    assert any("failed" in r.message and r.exc_info for r in caplog.records)
+    monkeypatch.undo()
+    await assert_still_usable(socket, conversation)
+
+
+@pytest.mark.postgres
+async def test_characters_the_database_refuses_in_a_reply_are_replaced_not_fatal(
+    user, conversation, connect, scripted
+):
+    scripted(["a NUL \x00 ", "and a lone \ud800 surrogate"])
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(json.dumps({"message": "say something odd"}))
+    frames = await read_reply(socket)
+
+    assert final_status(frames) == "complete"
+    reply = await Message.objects.aget(conversation=conversation, role="assistant")
+    assert reply.content == "a NUL \ufffd and a lone \ufffd surrogate"

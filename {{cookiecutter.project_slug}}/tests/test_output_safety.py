@@ -90,3 +90,21 @@ def test_markdown_keeps_formatting_drops_raw_html_and_guards_links():
     assert 'rel="noopener noreferrer"' in rendered
     assert 'href="javascript:' not in rendered
     assert_inert(rendered)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "![a chart](https://tracker.example/pixel.png?user=alice)",
+        "![](//tracker.example/pixel.png)",
+        "![same site](/static/chat/chat.css)",
+        "![data](data:image/png;base64,iVBORw0KGgo=)",
+    ],
+)
+def test_an_image_in_a_reply_becomes_a_link_and_loads_nothing(image):
+    rendered = render_markdown(f"Look: {image}")
+
+    assert "<img" not in rendered and "src=" not in rendered
+    assert_inert(rendered)
+    if "tracker" in image:
+        assert '<a href="' in rendered and 'rel="noopener noreferrer"' in rendered

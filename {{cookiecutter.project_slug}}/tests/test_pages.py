@@ -14,13 +14,25 @@ pytestmark = pytest.mark.django_db
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def test_signing_up_logs_in_and_lands_on_a_chat(client):
+def test_signing_up_verifies_the_address_then_logs_in_and_lands_on_a_chat(client, mailoutbox):
     password = "a-long-pass-phrase"
     response = client.post(
         "/accounts/signup/",
-        {"username": "newcomer", "password1": password, "password2": password},
+        {
+            "email": "newcomer@example.com",
+            "username": "newcomer",
+            "password1": password,
+            "password2": password,
+        },
         follow=True,
     )
+    assert "Verify Your Email Address" in response.content.decode()
+    assert client.get("/").url.startswith("/accounts/login/")  # not logged in yet
+
+    (mail,) = mailoutbox
+    assert mail.to == ["newcomer@example.com"]
+    link = re.search(r"https?://[^/\s]+(/accounts/confirm-email/\S+/)", mail.body).group(1)
+    response = client.post(link, follow=True)
 
     assert response.redirect_chain[-1][0].startswith("/chat/")
     assert Conversation.objects.filter(owner__username="newcomer").count() == 1
@@ -69,6 +81,7 @@ def test_production_settings_pass_djangos_deployment_checks():
         "DJANGO_DEBUG": "false",
         "DJANGO_SECRET_KEY": "x" * 60 + "-production-secret-key-for-the-check",
         "DJANGO_ALLOWED_HOSTS": "chat.example.com",
+        "EMAIL_URL": "smtp+tls://mailer:secret@smtp.example.com:587",
         "PATH": "",
     }
     result = subprocess.run(

@@ -1,10 +1,12 @@
 """What a person does on the chat page, and what the tests read back from it."""
 
+import email
 import re
 import time
 import uuid
 from collections.abc import Callable
 from itertools import pairwise
+from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
@@ -12,14 +14,43 @@ PASSWORD = "a-long-e2e-password-4217"
 STREAMING = re.compile(r"\bstreaming\b")
 
 
+# Where the server under test writes the mails it sends (set by the server fixture).
+mailbox: Path | None = None
+
+
+def link_mailed_to(address: str, path: str) -> str:
+    """The newest link to ``path`` in a mail the server sent to ``address``.
+
+    Django's file backend writes each batch of mails to a file of its own, one message after
+    another, each followed by a line of dashes.
+    """
+    assert mailbox is not None, "the server fixture sets chat.mailbox"
+    files = sorted(mailbox.glob("*.log"), key=lambda file: file.stat().st_mtime, reverse=True)
+    for file in files:
+        for raw in reversed(file.read_text().split("\n" + "-" * 79 + "\n")):
+            mail = email.message_from_string(raw.strip())
+            if mail["To"] != address:
+                continue
+            body = mail.get_payload(decode=True).decode(mail.get_content_charset() or "utf-8")
+            if found := re.search(rf"https?://[^/\s]+({re.escape(path)}\S+/)", body):
+                return found.group(1)
+    raise AssertionError(f"no mail to {address} with a link to {path} in {mailbox}")
+
+
 def sign_up(page: Page, username: str | None = None) -> str:
-    """Create an account through the sign-up form; lands on a connected chat page."""
+    """Create an account through the sign-up form and the mailed verification link; lands
+    on a connected chat page."""
     username = username or f"user-{uuid.uuid4().hex[:10]}"
+    email = f"{username}@example.com"
     page.goto("/accounts/signup/")
+    page.get_by_label("Email").fill(email)
     page.get_by_label("Username").fill(username)
     page.get_by_label(re.compile(r"^Password:?$")).fill(PASSWORD)
-    page.get_by_label("Password confirmation").fill(PASSWORD)
+    page.get_by_label("Password (again)").fill(PASSWORD)
     page.get_by_role("button", name="Sign up").click()
+    expect(page).to_have_url(re.compile(r"/accounts/confirm-email/$"))
+    page.goto(link_mailed_to(email, "/accounts/confirm-email/"))
+    page.get_by_role("button", name="Confirm").click()
     expect(page).to_have_url(re.compile(r"/chat/\d+/$"))
     wait_connected(page)
     return username

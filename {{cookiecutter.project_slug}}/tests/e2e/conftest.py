@@ -34,6 +34,8 @@ import pytest
 from django.conf import settings
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
+from . import chat
+
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 RESULTS_DIR = PROJECT_DIR / "test-results" / "e2e"
 
@@ -63,6 +65,10 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # other projects on the same server from hearing this one.
 if "CONFIG" in CHANNEL_LAYERS["default"]:  # noqa: F405
     CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = {prefix!r}  # noqa: F405
+# Rate limits counted in this server process only, and room for every test's sign-up from
+# one address (tests/test_accounts.py proves the limits themselves).
+CACHES = dict(default=dict(BACKEND="django.core.cache.backends.locmem.LocMemCache"))
+ACCOUNT_RATE_LIMITS = dict(ACCOUNT_RATE_LIMITS, signup="1000/m/ip")  # noqa: F405
 """
 
 
@@ -99,6 +105,7 @@ class Server:
         self.process: subprocess.Popen | None = None
         (workdir / "static").mkdir()
         self.layer_prefix = f"e2e-{uuid.uuid4().hex[:8]}"
+        self.mailbox = workdir / "mail"  # each mail the server sends, as a file
         (workdir / "e2e_settings.py").write_text(
             SETTINGS_OVERRIDES.format(static_root=str(workdir / "static"), prefix=self.layer_prefix)
         )
@@ -112,6 +119,7 @@ class Server:
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
             "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
             "DEMO_MODEL_DELAY": DEMO_MODEL_DELAY,
+            "EMAIL_URL": f"filemail:///{self.mailbox}",
         }
 
     @property
@@ -144,6 +152,8 @@ class Server:
                     "config.asgi:application",
                     "--host=127.0.0.1",
                     f"--port={self.port}",
+                    # As the README's deploy command: frames over 128 KiB are refused unread.
+                    "--ws-max-size=131072",
                     "--timeout-graceful-shutdown=10",
                 ],
                 cwd=PROJECT_DIR,
@@ -206,6 +216,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, results_dir: Path) -> Itera
     server = Server(tmp_path_factory.mktemp("e2e-server"), results_dir / "server.log")
     server.migrate()
     server.start()
+    chat.mailbox = server.mailbox
     yield server
     server.stop()
 

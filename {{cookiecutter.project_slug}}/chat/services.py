@@ -1,13 +1,20 @@
 """Database work of a chat turn. Plain sync functions, used by views and consumers."""
 
+import logging
+import time
 from datetime import timedelta
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .llm import ChatMessage
 from .models import Conversation, Message
+
+logger = logging.getLogger(__name__)
 
 TITLE_LENGTH = 60
 
@@ -106,3 +113,51 @@ def finish_reply(reply: Message, content: str, status: str, error: str = "") -> 
     reply.error = error
     reply.save(update_fields=["content", "status", "error", "updated_at"])
     return reply
+
+
+# Conversation management (rename, delete, search), used by the sidebar's views.
+
+STOP_WAIT = 5.0  # seconds a delete waits for a reply in progress to stop
+SEARCH_RESULTS = 50
+
+
+def search_conversations(user, query: str) -> list[Conversation]:
+    """The user's conversations whose title or any message contains the query (any case)."""
+    query = query.strip()
+    if not query:
+        return conversations_of(user)
+    matching = Conversation.objects.filter(owner=user).exclude(title="")
+    matching = matching.filter(
+        Q(title__icontains=query) | Q(messages__content__icontains=query)
+    ).distinct()
+    return list(matching[:SEARCH_RESULTS])
+
+
+def stop_reply(conversation: Conversation, wait: float = STOP_WAIT) -> bool:
+    """Stop the reply being written in this conversation, in whatever process writes it.
+
+    Sends {"type": "chat.stop"} to the conversation's channel-layer group (every consumer
+    watching it handles chat_stop), then waits up to `wait` seconds until no reply is
+    streaming. Returns True when none is, False when one still is after the wait.
+    """
+    if generating(conversation) is None:
+        return True
+    try:
+        async_to_sync(get_channel_layer().group_send)(
+            conversation.group_name, {"type": "chat.stop", "sender": "http"}
+        )
+    except Exception:  # the layer is down: nothing can be told to stop
+        logger.warning("Could not ask conversation %s to stop", conversation.pk, exc_info=True)
+        return False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if generating(conversation) is None:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def delete_conversation(conversation: Conversation) -> None:
+    """Stop its reply in progress first, then delete it with its messages."""
+    stop_reply(conversation)
+    conversation.delete()

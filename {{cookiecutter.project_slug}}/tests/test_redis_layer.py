@@ -14,10 +14,9 @@ from django.conf import settings
 from chat.models import Message
 
 from .conftest import (
-    CHUNK,
+    LIVE,
     FINISHED,
-    SNAPSHOT,
-    chunk_text,
+    live_text,
     final_status,
     read_reply,
     read_until,
@@ -72,8 +71,7 @@ async def test_a_connection_in_another_process_sees_the_whole_reply(
     seen = "".join(e.get("html", "") for e in events)
 
     assert "across processes" in seen
-    assert SNAPSHOT.search(seen)
-    assert not CHUNK.search(seen)
+    assert LIVE.search(seen)
     assert "p14" in events[-1]["html"]
 
 
@@ -83,7 +81,7 @@ async def test_stop_from_another_process_stops_the_reply(
     model = scripted([f"w{i} " for i in range(500)], delay=0.01)
     socket = await connect(user, conversation.pk)
     await socket.send_to(json.dumps({"message": "write forever"}))
-    await read_until(socket, CHUNK)
+    await read_until(socket, LIVE)
 
     await other_process.group_send(
         conversation.group_name, {"type": "chat.stop", "sender": "elsewhere"}
@@ -179,14 +177,14 @@ async def test_redis_going_away_mid_reply_keeps_the_reply_says_so_and_recovers(
     await connect(user, conversation.pk)  # someone watching: the reply fans out
     await asyncio.sleep(0.3)
     await asker.send_to(json.dumps({"message": "keep going"}))
-    await read_until(asker, CHUNK)
+    await read_until(asker, LIVE)
 
     redis_link.cut()
     async with asyncio.timeout(30):
         frames = await read_reply(asker)
 
     assert final_status(frames) == "complete"
-    assert chunk_text(frames).endswith("p39 ")
+    assert live_text(frames).endswith("p39 ")
     assert any("Redis is unreachable" in frame for frame in frames)
     assert "Channel layer unreachable" in caplog.text
     reply = await Message.objects.aget(conversation=conversation, role="assistant")

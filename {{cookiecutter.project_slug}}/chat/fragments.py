@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from django.template.loader import get_template, render_to_string
 
-from .markdown import render_partial_markdown
+from .markdown import LiveMarkdown
 from .models import Conversation, Message
 
 live_template = get_template("chat/oob/live.html")
@@ -26,15 +26,16 @@ def live_for(reply: Message) -> Callable[[str], str]:
     Takes the whole text so far (str); returns one frame (str). Every connection watching
     gets the same frame: the one that asked at CHAT_RENDER_INTERVAL, the others at
     CHAT_FANOUT_INTERVAL. The template is rendered once per reply around a marker; each
-    frame then only renders the Markdown into place, and a text already rendered (both
-    cadences due at once) is not rendered again.
+    frame then renders only the Markdown that can still change (markdown.LiveMarkdown),
+    and a text already rendered (both cadences due at once) is not rendered again.
     """
     before, after = live_template.render({"reply": reply, "html": MARKER}).split(MARKER)
+    markdown = LiveMarkdown()
     last = {"text": None, "frame": ""}
 
     def frame(text: str) -> str:
         if text != last["text"]:
-            last["text"], last["frame"] = text, before + render_partial_markdown(text) + after
+            last["text"], last["frame"] = text, before + markdown.render(text) + after
         return last["frame"]
 
     return frame

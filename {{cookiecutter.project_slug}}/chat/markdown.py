@@ -137,6 +137,58 @@ def render_partial_markdown(text: str) -> str:
     return render_markdown(UNFINISHED_LINK.sub(r"\1", text))
 
 
+FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+BLOCK_CONTINUES = re.compile(r"^(?:[ \t]|[-+*>](?:[ \t]|$)|\d{1,9}[.)](?:[ \t]|$))")
+
+
+class LiveMarkdown:
+    """Renders a text that keeps growing, as render_partial_markdown would, in linear time.
+
+    Rendering the whole text at every frame costs O(length) per frame and O(length²) per
+    reply. A top-level block that a blank line and a new, unindented block have ended can
+    no longer change, so its HTML is kept and only the text after it is rendered again.
+    Reference-style link definitions ("[x]: url") are the one construct that can change
+    earlier blocks; they are rare in model output, and the finished reply is rendered whole.
+    """
+
+    def __init__(self) -> None:
+        self.stable_text = ""  # a prefix of the text that ends where a new block starts
+        self.stable_html = ""
+
+    def render(self, text: str) -> str:
+        if not text.startswith(self.stable_text):
+            self.stable_text, self.stable_html = "", ""
+        end = self.stable_end(text)
+        if end > len(self.stable_text):
+            self.stable_html += render_markdown(text[len(self.stable_text) : end])
+            self.stable_text = text[:end]
+        return self.stable_html + render_partial_markdown(text[len(self.stable_text) :])
+
+    def stable_end(self, text: str) -> int:
+        """Where the last complete line after a blank one starts a new top-level block."""
+        start = end = position = len(self.stable_text)
+        fence = ""  # the open code fence's marker ("```", "~~~~", ...), if any
+        after_blank = False
+        while (newline := text.find("\n", position)) != -1:
+            line = text[position:newline]
+            if fence:
+                bare = line.strip()
+                if len(line) - len(line.lstrip(" ")) < 4 and len(bare) >= len(fence):
+                    if set(bare) == {fence[0]}:
+                        fence = ""
+                after_blank = False
+            elif not line.strip():
+                after_blank = True
+            else:
+                if after_blank and position > start and not BLOCK_CONTINUES.match(line):
+                    end = position
+                if opener := FENCE.match(line):
+                    fence = opener.group(1)
+                after_blank = False
+            position = newline + 1
+        return end
+
+
 def highlight_css() -> str:
     """The stylesheet shipped as chat/static/chat/highlight.css (a test keeps them equal).
 

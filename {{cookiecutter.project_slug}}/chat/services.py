@@ -1,10 +1,11 @@
 """Database work of a chat turn. Plain sync functions, used by views and consumers."""
 
+import asyncio
 import logging
 import time
 from datetime import timedelta
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
@@ -133,17 +134,18 @@ def search_conversations(user, query: str) -> list[Conversation]:
     return list(matching[:SEARCH_RESULTS])
 
 
-def stop_reply(conversation: Conversation, wait: float = STOP_WAIT) -> bool:
+async def astop_reply(conversation: Conversation, wait: float = STOP_WAIT) -> bool:
     """Stop the reply being written in this conversation, in whatever process writes it.
 
     Sends {"type": "chat.stop"} to the conversation's channel-layer group (every consumer
     watching it handles chat_stop), then waits up to `wait` seconds until no reply is
-    streaming. Returns True when none is, False when one still is after the wait.
+    streaming. Returns True when none is, False when one still is after the wait. Async,
+    so that the wait holds no thread the consumers need to finish the reply.
     """
-    if generating(conversation) is None:
+    if await sync_to_async(generating)(conversation) is None:
         return True
     try:
-        async_to_sync(get_channel_layer().group_send)(
+        await get_channel_layer().group_send(
             conversation.group_name, {"type": "chat.stop", "sender": "http"}
         )
     except Exception:  # the layer is down: nothing can be told to stop
@@ -151,13 +153,7 @@ def stop_reply(conversation: Conversation, wait: float = STOP_WAIT) -> bool:
         return False
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        if generating(conversation) is None:
+        await asyncio.sleep(0.05)
+        if await sync_to_async(generating)(conversation) is None:
             return True
-        time.sleep(0.05)
     return False
-
-
-def delete_conversation(conversation: Conversation) -> None:
-    """Stop its reply in progress first, then delete it with its messages."""
-    stop_reply(conversation)
-    conversation.delete()

@@ -4,7 +4,7 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import aget_object_or_404, get_object_or_404, redirect, render
 from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
@@ -98,11 +98,16 @@ def rename(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def delete(request: HttpRequest, pk: int) -> HttpResponse:
-    """Stop the reply in progress, delete; leave the page if it showed this conversation."""
-    item = get_object_or_404(Conversation, pk=pk, owner=request.user)
+async def delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """Stop the reply in progress, then delete; leave the page if it showed the conversation.
+
+    Async: waiting for the reply to stop must not hold the thread that sync code (the
+    consumers' database calls among it) shares under ASGI.
+    """
+    item = await aget_object_or_404(Conversation, pk=pk, owner=await request.auser())
     was_open = current_pk(request) == item.pk
-    services.delete_conversation(item)
+    await services.astop_reply(item)
+    await item.adelete()
     if not request.htmx:
         return redirect("chat:home")
     if was_open:

@@ -11,8 +11,10 @@ document.addEventListener("keydown", (event) => {
 
 // Typed text is never lost: the composer keeps a message until the server accepts the
 // turn (oob/turn.html marks #composer-status "accepted"); a refusal (oob/error.html)
-// shows next to it and leaves the text in place, and so does a send while offline.
-let pending = null;
+// shows next to it and leaves the text in place. Offline, htmx holds the message until
+// the socket is back; the composer keeps it meanwhile and says so.
+let pending = null; // the text of the message sent (or held), until accepted or refused
+let held = false;
 
 function composerBox() {
   return document.querySelector("#composer textarea");
@@ -21,28 +23,37 @@ function composerBox() {
 function showStatus(text, state) {
   const status = document.getElementById("composer-status");
   if (!status) return;
+  const warning = state === "refused" || state === "held";
   status.textContent = text;
-  status.className = state === "refused" ? "composer-status error" : "composer-status";
-  status.setAttribute("role", state === "refused" ? "alert" : "status");
+  status.className = warning ? "composer-status error" : "composer-status";
+  status.setAttribute("role", warning ? "alert" : "status");
   status.dataset.state = state;
 }
 
-const OFFLINE = "You are offline, so this was not sent. Your message is kept: send it again once reconnected.";
+const OFFLINE = "You are offline. Your message is kept here and goes out when the connection is back.";
+const STILL_OFFLINE = "Still offline: your earlier message goes out first when the connection is back.";
 
 document.addEventListener("submit", (event) => {
-  if (event.target.id !== "composer" || document.body.dataset.connection === "open") return;
-  // Before htmx's own listener: htmx would queue the frame for a socket that may never return.
-  event.preventDefault();
-  event.stopImmediatePropagation();
-  showStatus(OFFLINE, "refused");
-}, true);
+  if (event.target.id !== "composer") return;
+  if (document.body.dataset.connection !== "open" && held) {
+    // One held message at a time: the composer still has this one.
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    showStatus(STILL_OFFLINE, "held");
+    return;
+  }
+  pending = composerBox().value;
+  if (document.body.dataset.connection !== "open") {
+    held = true;
+    showStatus(OFFLINE, "held");
+  }
+}, true); // before htmx's own listener
 
 document.body.addEventListener("htmx:wsAfterSend", (event) => {
   if (event.target.id !== "composer") return;
-  const box = composerBox();
-  pending = box.value;
+  held = false;
   showStatus("", "sent");
-  box.focus();
+  composerBox().focus();
 });
 
 document.body.addEventListener("htmx:wsAfterMessage", () => {
@@ -56,6 +67,16 @@ document.body.addEventListener("htmx:wsAfterMessage", () => {
     pending = null;
   }
   status.dataset.state = "seen";
+});
+
+// One sidebar entry per conversation: a title sent over the socket (oob/title.html) puts
+// the entry at the top; an older copy of it (renamed over HTTP meanwhile) goes.
+document.body.addEventListener("htmx:wsAfterMessage", () => {
+  const seen = new Set();
+  for (const entry of document.querySelectorAll("#conversations > li[id]")) {
+    if (seen.has(entry.id)) entry.remove();
+    else seen.add(entry.id);
+  }
 });
 
 // Follow the reply as it grows, unless the reader has scrolled up.
@@ -86,10 +107,7 @@ document.body.addEventListener("htmx:wsOpen", () => {
   if (reconnected) catchUp();
 });
 document.body.addEventListener("htmx:wsClose", () => { document.body.dataset.connection = "closed"; });
-document.body.addEventListener("htmx:wsOpen", () => {
-  const status = document.getElementById("composer-status");
-  if (status && status.textContent === OFFLINE) showStatus("", "seen");
-});
+
 
 // A reply that was streaming when the connection dropped may have ended meanwhile (a
 // server restart stops it) without the page hearing of it: show such replies as stored.

@@ -173,9 +173,9 @@ class LiveMarkdown:
             line = text[position:newline]
             if fence:
                 bare = line.strip()
-                if len(line) - len(line.lstrip(" ")) < 4 and len(bare) >= len(fence):
-                    if set(bare) == {fence[0]}:
-                        fence = ""
+                indent = len(line) - len(line.lstrip(" "))
+                if indent < 4 and len(bare) >= len(fence) and set(bare) == {fence[0]}:
+                    fence = ""  # the closing fence
                 after_blank = False
             elif not line.strip():
                 after_blank = True
@@ -196,9 +196,7 @@ def highlight_css() -> str:
     asks for dark and the reader has not chosen light.
     """
     light = HtmlFormatter(style=LIGHT_STYLE).get_style_defs(".highlight")
-    dark = HtmlFormatter(style=DARK_STYLE).get_style_defs(
-        [":root[data-theme=dark] .highlight"]
-    )
+    dark = HtmlFormatter(style=DARK_STYLE).get_style_defs([":root[data-theme=dark] .highlight"])
     system_dark = HtmlFormatter(style=DARK_STYLE).get_style_defs(
         [":root:not([data-theme=light]) .highlight"]
     )

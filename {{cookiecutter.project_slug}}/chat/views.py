@@ -88,11 +88,11 @@ def rename(request: HttpRequest, pk: int) -> HttpResponse:
         return render(request, "chat/_rename_form.html", {"item": item, "form": form})
     form = RenameForm(request.POST)
     if not form.is_valid():
-        return render(
-            request, "chat/_rename_form.html", {"item": item, "form": form}, status=422
-        )
+        return render(request, "chat/_rename_form.html", {"item": item, "form": form}, status=422)
     item.title = form.cleaned_data["title"]
     item.save(update_fields=["title", "updated_at"])
+    if not request.htmx:  # the form, posted before htmx took it over
+        return redirect("chat:conversation", item.pk)
     return conversation_item(request, item)
 
 

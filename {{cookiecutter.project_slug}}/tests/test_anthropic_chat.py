@@ -25,7 +25,7 @@ from chat.llm.base import (
 )
 from chat.models import Message
 
-from .conftest import live_text, final_status, read_reply
+from .conftest import final_status, live_text, read_reply
 
 API_KEY = "sk-ant-test-SECRET-123"
 SYSTEM = "You are terse."

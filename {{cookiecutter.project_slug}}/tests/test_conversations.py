@@ -157,3 +157,12 @@ def test_the_sidebar_needs_a_login_and_changes_need_post(client, user, titled):
 
 async def test_stopping_a_conversation_with_no_reply_in_progress_returns_at_once(titled):
     assert await services.astop_reply(titled, wait=0) is True
+
+
+def test_rename_works_without_htmx_too(client, user, titled):
+    client.force_login(user)
+    response = client.post(f"/chat/{titled.pk}/rename/", {"title": "Plain form"})
+    assert response.status_code == 302
+    assert response.url == f"/chat/{titled.pk}/"
+    titled.refresh_from_db()
+    assert titled.title == "Plain form"

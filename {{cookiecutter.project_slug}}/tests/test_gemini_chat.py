@@ -26,7 +26,7 @@ from chat.llm.base import (
 from chat.llm.gemini_chat import GeminiChat
 from chat.models import Message
 
-from .conftest import live_text, final_status, read_reply
+from .conftest import final_status, live_text, read_reply
 
 API_KEY = "AIzaSy-test-SECRET-123"
 SYSTEM = "You are terse."

@@ -26,7 +26,7 @@ from chat.llm.base import (
 from chat.llm.ollama_chat import OllamaChat
 from chat.models import Message
 
-from .conftest import live_text, final_status, read_reply
+from .conftest import final_status, live_text, read_reply
 
 SYSTEM = "You are terse."
 HISTORY = [

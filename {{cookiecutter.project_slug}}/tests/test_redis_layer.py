@@ -14,10 +14,10 @@ from django.conf import settings
 from chat.models import Message
 
 from .conftest import (
-    LIVE,
     FINISHED,
-    live_text,
+    LIVE,
     final_status,
+    live_text,
     read_reply,
     read_until,
 )
@@ -184,7 +184,7 @@ async def test_redis_going_away_mid_reply_keeps_the_reply_says_so_and_recovers(
         frames = await read_reply(asker)
 
     assert final_status(frames) == "complete"
-    assert live_text(frames).endswith("p39 ")
+    assert live_text(frames).endswith("p39")
     assert any("Redis is unreachable" in frame for frame in frames)
     assert "Channel layer unreachable" in caplog.text
     reply = await Message.objects.aget(conversation=conversation, role="assistant")

@@ -143,16 +143,20 @@ def greet(name):
 # Records, for each streaming reply, its HTML at every change and what it showed while
 # streaming; window.e2eLive[id] then holds {last, formatted}.
 RECORD_LIVE = """() => {
+    const FORMATTED = ["h2", "strong", "li", ".code-block .highlight span", "table"];
     window.e2eLive = {};
     new MutationObserver(() => {
         for (const text of document.querySelectorAll("#messages .text.streaming")) {
             const seen = window.e2eLive[text.id] ??= {last: "", formatted: {}};
             seen.last = text.innerHTML;
-            for (const selector of ["h2", "strong", "li", ".code-block .highlight span", "table"]) {
+            for (const selector of FORMATTED) {
                 if (text.querySelector(selector)) seen.formatted[selector] = true;
             }
         }
-    }).observe(document.getElementById("messages"), {childList: true, subtree: true, characterData: true});
+    }).observe(
+        document.getElementById("messages"),
+        {childList: true, subtree: true, characterData: true},
+    );
 }"""
 
 
@@ -169,7 +173,7 @@ def axe_violations(page: Page, axe_core: Path) -> list[str]:
     results = page.evaluate(
         """async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
             .filter(v => v.impact === "serious" || v.impact === "critical")
-            .map(v => `${v.impact} ${v.id}: ${v.help} -> ` +
-                 v.nodes.slice(0, 3).map(n => n.target.join(" ") + " " + n.failureSummary).join(" | "))"""
+            .map(v => `${v.impact} ${v.id}: ${v.help} -> ` + v.nodes.slice(0, 3)
+                .map(n => n.target.join(" ") + " " + n.failureSummary).join(" | "))"""
     )
     return results

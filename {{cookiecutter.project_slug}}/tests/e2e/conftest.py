@@ -46,8 +46,7 @@ SERVER_STOP_TIMEOUT = 20
 VIEWPORT = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 AXE_CORE = Path(
-    os.environ.get("AXE_CORE_PATH")
-    or PROJECT_DIR / "node_modules" / "axe-core" / "axe.min.js"
+    os.environ.get("AXE_CORE_PATH") or PROJECT_DIR / "node_modules" / "axe-core" / "axe.min.js"
 )
 
 # Loaded by the server under test instead of config.settings: production settings plus

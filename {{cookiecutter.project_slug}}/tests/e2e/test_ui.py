@@ -46,7 +46,11 @@ def test_a_reply_is_formatted_while_it_streams_and_ends_without_a_jump(browsing,
     live = page.evaluate("id => window.e2eLive[id + '-text']", reply)
     # Headings, bold, lists, highlighted code and tables showed before the reply ended...
     assert set(live["formatted"]) == {
-        "h2", "strong", "li", ".code-block .highlight span", "table"
+        "h2",
+        "strong",
+        "li",
+        ".code-block .highlight span",
+        "table",
     }, live["formatted"]
     # ...and the last frame was already what the finished reply shows: nothing moves.
     finished = page.locator(f"#{reply} .text.markdown")
@@ -126,6 +130,7 @@ def test_dark_mode_follows_the_system_and_a_chosen_theme_persists(browsing, resu
     # The empty state greets, and its examples fill the composer, ready to send.
     empty = page.locator(".empty-state")
     expect(empty.get_by_role("heading")).to_have_text("What can I help with?")
+    page.screenshot(path=results_dir / "dark-empty.png", animations="disabled")
     example = empty.locator("button.example").nth(1)
     prompt = example.get_attribute("data-prompt")
     example.click()
@@ -136,7 +141,6 @@ def test_dark_mode_follows_the_system_and_a_chosen_theme_persists(browsing, resu
     reply = page.locator("#messages article.message.assistant").first
     wait_finished(page, reply.get_attribute("id"))
     expect(empty).to_be_hidden()
-    page.screenshot(path=results_dir / "dark.png", animations="disabled")
 
     toggle.click()  # the reader picks light, against the system's dark
     expect(toggle).to_have_attribute("aria-pressed", "false")
@@ -144,9 +148,7 @@ def test_dark_mode_follows_the_system_and_a_chosen_theme_persists(browsing, resu
     page.reload()
     wait_connected(page)
     assert not background_is_dark(page), "the chosen theme did not persist"
-    expect(page.get_by_role("button", name="Dark theme")).to_have_attribute(
-        "aria-pressed", "false"
-    )
+    expect(page.get_by_role("button", name="Dark theme")).to_have_attribute("aria-pressed", "false")
 
 
 def test_a_refused_message_stays_in_the_composer_with_the_reason_next_to_it(browsing):
@@ -177,9 +179,7 @@ def test_a_refused_message_stays_in_the_composer_with_the_reason_next_to_it(brow
     expect(status).to_be_empty()
 
 
-def test_conversations_are_renamed_searched_and_deleted_inline_by_their_owner(
-    browsing, server
-):
+def test_conversations_are_renamed_searched_and_deleted_inline_by_their_owner(browsing, server):
     page = browsing.page()
     sign_up(page)
     wait_finished(page, send(page, "Trip to Rome"))
@@ -233,7 +233,7 @@ def test_conversations_are_renamed_searched_and_deleted_inline_by_their_owner(
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_axe_finds_no_serious_or_critical_violations_on_login_sign_up_and_chat(
-    browsing, axe_core: Path, scheme: str
+    browsing, axe_core: Path, scheme: str, results_dir: Path
 ):
     # Playwright adds axe as an inline script, which the page's CSP rightly refuses: this
     # context alone lets it in.
@@ -249,6 +249,7 @@ def test_axe_finds_no_serious_or_critical_violations_on_login_sign_up_and_chat(
     wait_finished(page, reply)
     assert "You said: Format check" in final_text(page, reply)
     found["chat"] = axe_violations(page, axe_core)
+    page.screenshot(path=results_dir / f"{scheme}.png", animations="disabled")
     page.get_by_role("button", name="Rename Format check").click()
     found["rename form"] = axe_violations(page, axe_core)
 

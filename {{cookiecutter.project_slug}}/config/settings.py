@@ -229,7 +229,7 @@ CHAT_MESSAGES_PER_MINUTE = int(os.environ.get("CHAT_MESSAGES_PER_MINUTE", "20"))
 # abandoned (its server stopped) and no longer blocks the conversation.
 CHAT_GENERATION_TIMEOUT = int(os.environ.get("CHAT_GENERATION_TIMEOUT", "300"))
 # The connection that asked gets the reply so far, rendered as Markdown, once per this many
-# seconds while it streams (each frame renders the whole text: keep it well above 0.01).
+# seconds while it streams (each frame renders the Markdown still open: keep it above 0.05).
 CHAT_FRAME_INTERVAL = float(os.environ.get("CHAT_FRAME_INTERVAL", "0.1"))
 # Other connections watching a conversation get a snapshot this often while it streams.
 CHAT_FANOUT_INTERVAL = float(os.environ.get("CHAT_FANOUT_INTERVAL", "0.25"))

@@ -3,7 +3,9 @@
 from html.parser import HTMLParser
 from pathlib import Path
 
+from chat import fragments
 from chat.markdown import LiveMarkdown, highlight_css, render_markdown, render_partial_markdown
+from chat.models import Message
 
 STATIC = Path(__file__).resolve().parent.parent / "chat" / "static" / "chat"
 
@@ -133,3 +135,12 @@ def test_a_growing_reply_renders_the_same_whether_cached_or_rendered_whole():
     for end in range(1, len(GROWING) + 1):
         assert live.render(GROWING[:end]) == render_partial_markdown(GROWING[:end]), end
     assert live.stable_text  # the finished blocks were kept, not rendered again
+
+
+def test_a_live_frame_replaces_the_bubbles_content_with_sanitised_markdown():
+    reply = Message(pk=7, role="assistant", status="streaming")
+    frame = fragments.live(reply, "**hi** <script>x</script>")
+    assert frame == (
+        '<div id="message-7-text" hx-swap-oob="innerHTML">'
+        "<p><strong>hi</strong> &lt;script&gt;x&lt;/script&gt;</p>\n</div>"
+    )

@@ -72,14 +72,13 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.conf import settings
-    from django.utils.html import escape
-
     from chat import fragments
     from chat.llm.demo import tokens as tokenize
     from chat.markdown import render_markdown
     from chat.models import Message
     from chat.streaming import FrameBuffer
+    from django.conf import settings
+    from django.utils.html import escape
 
     reply = Message(pk=1, conversation_id=1, role="assistant", status="streaming")
     step = 1 / args.tokens_per_second
@@ -112,11 +111,13 @@ def main() -> None:
     print(
         f"{args.tokens_per_second:g} tokens/s, CHAT_FRAME_INTERVAL={settings.CHAT_FRAME_INTERVAL}"
     )
-    print(f"{'tokens':>7} {'variant':>7} {'frames':>7} {'CPU ms/reply':>13} {'CPU ms/1k tokens':>17}")
+    print(
+        f"{'tokens':>7} {'variant':>7} {'frames':>7} {'CPU ms/reply':>13} {'CPU ms/1k tokens':>17}"
+    )
     for count in (int(n) for n in args.lengths.split(",")):
         pieces = reply_tokens(count, tokenize)
         for name, variant in (("before", before), ("after", after)):
-            seconds, frames = cpu(lambda v=variant: v(pieces))
+            seconds, frames = cpu(lambda v=variant, p=pieces: v(p))
             print(
                 f"{count:>7} {name:>7} {frames:>7} {seconds * 1000:>13.1f} "
                 f"{seconds * 1000 * 1000 / count:>17.1f}"

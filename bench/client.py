@@ -35,14 +35,15 @@ from websockets.exceptions import ConnectionClosed
 
 TOKEN = re.compile(r"\s*\S{1,4}|\s+")  # the demo model's tokens
 TURN = re.compile(r'<article id="message-(\d+)" class="message assistant streaming"')
-CHUNK = re.compile(r'<div id="message-(\d+)-text" hx-swap-oob="beforeend">(.*)</div>\s*$', re.S)
-SNAPSHOT = re.compile(r'<div id="message-(\d+)-text" hx-swap-oob="innerHTML">(.*)</div>\s*$', re.S)
+# The reply so far, rendered as Markdown: to the asker every frame interval, to watchers at
+# the fan-out interval.
+LIVE = re.compile(r'<div id="message-(\d+)-text" hx-swap-oob="innerHTML">(.*)</div>\s*$', re.S)
 FINISHED = re.compile(
     r'<article id="message-(\d+)" class="message assistant (\w+)" hx-swap-oob="true">'
     r"(.*?)</article>",
     re.S,
 )
-NOTICE = re.compile(r'<article class="message notice"[^>]*>(.*?)</article>', re.S)
+NOTICE = re.compile(r'<p id="composer-status" class="composer-status error"[^>]*>(.*?)</p>', re.S)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -187,13 +188,12 @@ async def read_chat(chat: Chat, deadline: float) -> None:
             async for message in chat.ws:
                 now = time.monotonic()
                 if message.startswith('<div id="message-'):
-                    chunk = CHUNK.match(message)
-                    if chunk and chunk.group(1) == chat.reply_id:
+                    live = LIVE.match(message)
+                    if live and live.group(1) == chat.reply_id and not chat.watcher:
                         chat.times.append(now)
-                        chat.texts.append(chunk.group(2))
+                        chat.texts[:] = [live.group(2)]  # each frame is the whole text so far
                         continue
-                    snapshot = SNAPSHOT.match(message)
-                    if snapshot and snapshot.group(1) == chat.reply_id:
+                    if live and live.group(1) == chat.reply_id:
                         chat.snapshots += 1
                         if chat.snapshots == 1:
                             chat.times.append(now)
@@ -223,7 +223,7 @@ def check(chat: Chat, reply: str) -> None:
         return
     if chat.status != "complete":
         chat.error = f"finished {chat.status}"
-    elif not chat.watcher and html.unescape("".join(chat.texts)) != reply:
+    elif not chat.watcher and normalize("".join(chat.texts)) != normalize(reply):
         chat.error = "streamed text differs from the reply"
     elif normalize(chat.final) != normalize(reply):
         chat.error = "finished text differs from the reply"
@@ -335,7 +335,7 @@ async def run(args: argparse.Namespace) -> dict:
     done = [c.done for c in askers if c.done is not None]
     end = max(done) if done else t1
     window = end - t0
-    tokens = sum(len(TOKEN.findall(html.unescape("".join(c.texts)))) for c in askers)
+    tokens = sum(len(TOKEN.findall(normalize("".join(c.texts)))) for c in askers)
     frames = sum(len(c.times) for c in askers)
     gaps = [b - a for c in askers for a, b in zip(c.times, c.times[1:], strict=False)]
     errors: dict[str, int] = {}

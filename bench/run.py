@@ -710,7 +710,7 @@ def parse_args() -> argparse.Namespace:
         "--frame-interval",
         type=float,
         default=None,
-        help="CHAT_FRAME_INTERVAL (default: the project's own, 0.03)",
+        help="CHAT_FRAME_INTERVAL (default: the project's own, 0.1)",
     )
     parser.add_argument(
         "--floor-pacing",

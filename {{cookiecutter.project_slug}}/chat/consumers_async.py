@@ -176,7 +176,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         task.add_done_callback(forget)
 
     async def write_reply(self, reply: Message) -> None:
-        chunk = fragments.chunk_for(reply)
+        live = fragments.live_for(reply)
         frames = FrameBuffer(settings.CHAT_FRAME_INTERVAL)
         snapshots = Every(settings.CHAT_FANOUT_INTERVAL)
         parts: list[str] = []
@@ -188,10 +188,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 stream = get_chat_model().stream(settings.CHAT_SYSTEM_PROMPT, history)
                 async for piece in stream:
                     parts.append(piece)
-                    if text := frames.add(piece):
-                        await self.send_live(chunk(text))
+                    if frames.add(piece):
+                        await self.send_live(live("".join(parts)))
                     if self.peers and snapshots.due():
-                        snapshot = fragments.snapshot(reply, "".join(parts))
+                        snapshot = live("".join(parts))
                         self.broadcast(f"message-{reply.pk}", "chat.html", html=snapshot)
         except asyncio.CancelledError:
             asyncio.current_task().uncancel()
@@ -207,8 +207,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         finally:
             if stream is not None:
                 await stream.aclose()  # closes the upstream HTTP stream
-        if tail := frames.drain():
-            await self.send_live(chunk(tail))
+        if frames.drain():  # the last pieces, so the bubble is whole before it finishes
+            await self.send_live(live("".join(parts)))
         reply = await database_sync_to_async(services.finish_reply)(
             reply, "".join(parts), status, error
         )

@@ -190,7 +190,7 @@ class ChatConsumer(WebsocketConsumer):
         async_to_sync(run_in_reply_thread)(self.write_reply, reply, stop)
 
     def write_reply(self, reply: Message, stop: threading.Event) -> None:
-        chunk = fragments.chunk_for(reply)
+        live = fragments.live_for(reply)
         frames = FrameBuffer(settings.CHAT_FRAME_INTERVAL)
         snapshots = Every(settings.CHAT_FANOUT_INTERVAL)
         parts: list[str] = []
@@ -206,10 +206,10 @@ class ChatConsumer(WebsocketConsumer):
                 if time.monotonic() > deadline:
                     raise TimeoutError
                 parts.append(piece)
-                if text := frames.add(piece):
-                    self.send_live(chunk(text))
+                if frames.add(piece):
+                    self.send_live(live("".join(parts)))
                 if self.peers and snapshots.due():
-                    snapshot = fragments.snapshot(reply, "".join(parts))
+                    snapshot = live("".join(parts))
                     self.broadcast(f"message-{reply.pk}", "chat.html", html=snapshot)
             if stop.is_set():
                 status = Message.Status.STOPPED
@@ -226,8 +226,8 @@ class ChatConsumer(WebsocketConsumer):
                 stream.close()  # closes the upstream HTTP stream
             if replies.get(self.conversation.pk) is stop:
                 del replies[self.conversation.pk]
-        if tail := frames.drain():
-            self.send_live(chunk(tail))
+        if frames.drain():  # the last pieces, so the bubble is whole before it finishes
+            self.send_live(live("".join(parts)))
         reply = services.finish_reply(reply, "".join(parts), status, error)
         self.show(fragments.finished(reply), key=f"message-{reply.pk}", replay=True)
 

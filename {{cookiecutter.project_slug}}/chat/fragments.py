@@ -1,14 +1,18 @@
-"""The HTML a consumer sends: out-of-band swaps rendered from templates, text always escaped."""
+"""The HTML a consumer sends: out-of-band swaps rendered from templates.
+
+User text is always escaped; model text is rendered by chat.markdown (markdown-it with raw
+HTML off, then nh3), while it streams and once it is finished.
+"""
 
 from collections.abc import Callable
 
 from django.template.loader import get_template, render_to_string
-from django.utils.html import escape
 
+from .markdown import LiveMarkdown
 from .models import Conversation, Message
 
-chunk_template = get_template("chat/oob/chunk.html")
-MARKER = "\x00"  # stands in for the text while the template renders once
+live_template = get_template("chat/oob/live.html")
+MARKER = "\x00"  # stands in for the HTML while the template renders once
 
 
 def turn(question: Message | None, reply: Message) -> str:
@@ -16,19 +20,30 @@ def turn(question: Message | None, reply: Message) -> str:
     return render_to_string("chat/oob/turn.html", {"question": question, "reply": reply})
 
 
-def chunk_for(reply: Message) -> Callable[[str], str]:
-    """Text appended to a streaming reply: frame after frame, the hot path.
+def live_for(reply: Message) -> Callable[[str], str]:
+    """The reply so far, rendered as Markdown, replacing the streaming bubble's content.
 
-    The template is rendered once per reply around a marker; each frame then only escapes
-    its text into place, as the template itself would.
+    Takes the whole text so far (str); returns one frame (str). Every connection watching
+    gets the same frame: the one that asked at CHAT_RENDER_INTERVAL, the others at
+    CHAT_FANOUT_INTERVAL. The template is rendered once per reply around a marker; each
+    frame then renders only the Markdown that can still change (markdown.LiveMarkdown),
+    and a text already rendered (both cadences due at once) is not rendered again.
     """
-    before, after = chunk_template.render({"reply": reply, "text": MARKER}).split(MARKER)
-    return lambda text: before + escape(text) + after
+    before, after = live_template.render({"reply": reply, "html": MARKER}).split(MARKER)
+    markdown = LiveMarkdown()
+    last = {"text": None, "frame": ""}
+
+    def frame(text: str) -> str:
+        if text != last["text"]:
+            last["text"], last["frame"] = text, before + markdown.render(text) + after
+        return last["frame"]
+
+    return frame
 
 
-def snapshot(reply: Message, text: str) -> str:
-    """The whole reply so far, for connections that did not ask for it."""
-    return render_to_string("chat/oob/snapshot.html", {"reply": reply, "text": text})
+def live(reply: Message, text: str) -> str:
+    """One frame of live_for(reply), for a single use."""
+    return live_for(reply)(text)
 
 
 def finished(reply: Message) -> str:

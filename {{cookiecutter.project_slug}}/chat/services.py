@@ -1,15 +1,23 @@
 """Database work of a chat turn. Plain sync functions, used by views and consumers."""
 
+import asyncio
+import logging
+import time
 from datetime import timedelta
 
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from . import limits
 from .frames import storable_text
 from .llm import ChatMessage
 from .models import Conversation, Message
+
+logger = logging.getLogger(__name__)
 
 TITLE_LENGTH = 60
 
@@ -104,3 +112,46 @@ def finish_reply(reply: Message, content: str, status: str, error: str = "") -> 
     reply.error = error
     reply.save(update_fields=["content", "status", "error", "updated_at"])
     return reply
+
+
+# Conversation management (rename, delete, search), used by the sidebar's views.
+
+STOP_WAIT = 5.0  # seconds a delete waits for a reply in progress to stop
+SEARCH_RESULTS = 50
+
+
+def search_conversations(user, query: str) -> list[Conversation]:
+    """The user's conversations whose title or any message contains the query (any case)."""
+    query = query.strip()
+    if not query:
+        return conversations_of(user)
+    matching = Conversation.objects.filter(owner=user).exclude(title="")
+    matching = matching.filter(
+        Q(title__icontains=query) | Q(messages__content__icontains=query)
+    ).distinct()
+    return list(matching[:SEARCH_RESULTS])
+
+
+async def astop_reply(conversation: Conversation, wait: float = STOP_WAIT) -> bool:
+    """Stop the reply being written in this conversation, in whatever process writes it.
+
+    Sends {"type": "chat.stop"} to the conversation's channel-layer group (every consumer
+    watching it handles chat_stop), then waits up to `wait` seconds until no reply is
+    streaming. Returns True when none is, False when one still is after the wait. Async,
+    so that the wait holds no thread the consumers need to finish the reply.
+    """
+    if await sync_to_async(generating)(conversation) is None:
+        return True
+    try:
+        await get_channel_layer().group_send(
+            conversation.group_name, {"type": "chat.stop", "sender": "http"}
+        )
+    except Exception:  # the layer is down: nothing can be told to stop
+        logger.warning("Could not ask conversation %s to stop", conversation.pk, exc_info=True)
+        return False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        if await sync_to_async(generating)(conversation) is None:
+            return True
+    return False

@@ -302,8 +302,9 @@ DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = 2 * CHAT_M
 # A reply is cut off after this many seconds; one still marked streaming after that was
 # abandoned (its server stopped) and no longer blocks the conversation.
 CHAT_GENERATION_TIMEOUT = int(os.environ.get("CHAT_GENERATION_TIMEOUT", "300"))
-# Direct sends are coalesced into one frame per this many seconds of output.
-CHAT_FRAME_INTERVAL = float(os.environ.get("CHAT_FRAME_INTERVAL", "0.03"))
+# The connection that asked gets the reply so far, rendered as Markdown, once per this many
+# seconds while it streams (each frame renders the Markdown still open: keep it above 0.05).
+CHAT_FRAME_INTERVAL = float(os.environ.get("CHAT_FRAME_INTERVAL", "0.1"))
 # Other connections watching a conversation get a snapshot this often while it streams.
 CHAT_FANOUT_INTERVAL = float(os.environ.get("CHAT_FANOUT_INTERVAL", "0.25"))
 {%- if cookiecutter.consumer == "sync" %}

@@ -29,8 +29,9 @@ from chat.llm import ChatMessage, ProviderError
 from chat.models import Conversation
 from config.asgi import application
 
-CHUNK = re.compile(r'<div id="message-\d+-text" hx-swap-oob="beforeend">(.*?)</div>', re.S)
-SNAPSHOT = re.compile(r'<div id="message-\d+-text" hx-swap-oob="innerHTML">(.*?)</div>', re.S)
+# A frame of a streaming reply: the reply so far, rendered as Markdown (fragments.live_for).
+LIVE = re.compile(r'<div id="message-\d+-text" hx-swap-oob="innerHTML">')
+LIVE_FRAME = re.compile(r'^<div id="message-\d+-text" hx-swap-oob="innerHTML">(.*)</div>$', re.S)
 FINISHED = re.compile(r'<article id="message-(\d+)" class="message assistant (\w+)" hx-swap-oob')
 {%- if cookiecutter.channel_layer == "redis" %}
 
@@ -212,8 +213,10 @@ async def read_reply(socket: WebsocketCommunicator, wait: float = 10) -> list[st
             return frames
 
 
-def chunk_text(frames: list[str]) -> str:
-    return "".join(html.unescape(text) for frame in frames for text in CHUNK.findall(frame))
+def live_text(frames: list[str]) -> str:
+    """The text the last live frame showed, as a reader sees it (tags dropped, unescaped)."""
+    shown = [match.group(1) for frame in frames if (match := LIVE_FRAME.search(frame))]
+    return html.unescape(re.sub(r"<[^>]+>", "", shown[-1])).strip() if shown else ""
 
 
 def final_status(frames: list[str]) -> str:

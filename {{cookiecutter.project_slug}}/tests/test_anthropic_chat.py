@@ -25,7 +25,7 @@ from chat.llm.base import (
 )
 from chat.models import Message
 
-from .conftest import chunk_text, final_status, read_reply
+from .conftest import final_status, live_text, read_reply
 
 API_KEY = "sk-ant-test-SECRET-123"
 SYSTEM = "You are terse."
@@ -488,7 +488,7 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
     assert final_status(failed) == "error"
     assert not any(API_KEY in frame for frame in failed)
     assert API_KEY not in stored.error
-    assert chunk_text(failed) == partial
+    assert live_text(failed) == partial
     assert message in html.unescape(failed[-1])
     assert 'name="action" value="retry"' in failed[-1]
     assert (stored.role, stored.content, stored.status) == ("assistant", partial, "error")
@@ -503,7 +503,7 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
 
     stored = await Message.objects.filter(conversation=conversation).alast()
     assert final_status(retried) == "complete"
-    assert chunk_text(retried) == "One, two, three."
+    assert live_text(retried) == "One, two, three."
     assert (stored.content, stored.status) == ("One, two, three.", "complete")
     [request] = server.requests
     assert json.loads(request.content)["messages"] == [  # the failed reply is left out

@@ -6,11 +6,11 @@ import pytest
 
 from chat.models import Conversation, Message
 
-from .conftest import CHUNK, final_status, read_reply, read_until
+from .conftest import LIVE, final_status, read_reply, read_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-NOTICE = 'class="message notice" role="alert"'
+NOTICE = 'id="composer-status" class="composer-status error" role="alert"'
 
 
 async def assert_still_usable(socket, conversation):
@@ -89,7 +89,7 @@ async def test_a_second_message_while_a_reply_streams_is_refused(
     model = scripted([f"w{i} " for i in range(30)], delay=0.02)
     socket = await connect(user, conversation.pk)
     await socket.send_to(json.dumps({"message": "first"}))
-    await read_until(socket, CHUNK)
+    await read_until(socket, LIVE)
 
     await socket.send_to(json.dumps({"message": "second"}))
     frames = await read_reply(socket)

@@ -8,7 +8,7 @@ import pytest
 
 from chat.models import Conversation
 
-from .conftest import CHUNK, read_reply, read_until
+from .conftest import LIVE, read_reply, read_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,7 +23,7 @@ async def test_two_concurrent_streams_overlap_in_time(make_user, connect, script
 
     async def chat(socket):
         await socket.send_to(json.dumps({"message": "go"}))
-        await read_until(socket, CHUNK)
+        await read_until(socket, LIVE)
         first_chunk = time.monotonic()
         await read_reply(socket)
         return first_chunk, time.monotonic()

@@ -26,7 +26,7 @@ from chat.llm.base import (
 from chat.llm.ollama_chat import OllamaChat
 from chat.models import Message
 
-from .conftest import chunk_text, final_status, read_reply
+from .conftest import final_status, live_text, read_reply
 
 SYSTEM = "You are terse."
 HISTORY = [
@@ -422,7 +422,7 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
     assert final_status(failed) == "error"
     assert not any(SECRET in frame for frame in failed)
     assert SECRET not in stored.error
-    assert chunk_text(failed) == partial
+    assert live_text(failed) == partial
     assert message in html.unescape(failed[-1])
     assert 'name="action" value="retry"' in failed[-1]
     assert (stored.role, stored.content, stored.status) == ("assistant", partial, "error")
@@ -437,7 +437,7 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
 
     stored = await Message.objects.filter(conversation=conversation).alast()
     assert final_status(retried) == "complete"
-    assert chunk_text(retried) == "One, two, three."
+    assert live_text(retried) == "One, two, three."
     assert (stored.content, stored.status) == ("One, two, three.", "complete")
     [request] = server.requests
     assert json.loads(request.content)["messages"][1:] == [  # the failed reply is left out

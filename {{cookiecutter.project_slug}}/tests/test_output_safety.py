@@ -8,7 +8,7 @@ import pytest
 from chat.markdown import render_markdown
 from chat.models import Conversation, Message
 
-from .conftest import chunk_text, read_reply
+from .conftest import live_text, read_reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,19 +26,24 @@ class Elements(HTMLParser):
         super().__init__()
         self.tags: list[str] = []
         self.attributes: list[str] = []
+        self.values: list[tuple[str, str]] = []
         self.feed(markup)
 
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
         self.attributes += [name for name, _ in attrs]
+        self.values += [(name, value or "") for name, value in attrs]
 
 
 def assert_inert(markup: str) -> None:
     elements = Elements(markup)
     assert not {"script", "img", "iframe"} & set(elements.tags)
     assert not [a for a in elements.attributes if a.startswith("on")]
-    # The page's own htmx attributes are hx-swap-oob and ws-send; nothing from the text.
-    assert not {"hx-get", "hx-trigger"} & set(elements.attributes)
+    # The page's own htmx requests go to its own chat URLs (the sidebar's rename and
+    # delete); nothing from the text.
+    requests = [v for name, v in elements.values if name in {"hx-get", "hx-post", "hx-trigger"}]
+    assert "/x" not in requests and "load" not in requests
+    assert all(value.startswith("/chat/") for name, value in elements.values if name == "hx-get")
 
 
 @pytest.mark.parametrize("payload", PAYLOADS, ids=["script", "img-onerror", "htmx-attribute"])
@@ -48,7 +53,7 @@ async def test_hostile_user_text_is_shown_as_text(user, conversation, connect, p
     frames = [await socket.receive_from(timeout=5), *await read_reply(socket)]
 
     assert_inert("".join(frames))
-    assert payload in chunk_text(frames)  # the demo echoes it back, as text
+    assert payload in live_text(frames)  # the demo echoes it back, as text
 
 
 async def test_hostile_model_output_is_inert_while_streaming_and_when_finished(
@@ -61,7 +66,7 @@ async def test_hostile_model_output_is_inert_while_streaming_and_when_finished(
     frames = [await socket.receive_from(timeout=5), *await read_reply(socket)]
 
     assert_inert("".join(frames))
-    assert chunk_text(frames) == "<script>alert(1)</script>" + "".join(PAYLOADS)
+    assert live_text(frames) == "<script>alert(1)</script>" + "".join(PAYLOADS)
     stored = await Message.objects.aget(conversation=conversation, role="assistant")
     assert stored.content.startswith("<script>")  # stored as written, escaped on output
 

@@ -93,3 +93,19 @@ def test_production_settings_pass_djangos_deployment_checks():
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_page_names_a_favicon_the_project_serves(client, user, conversation):
+    login = client.get("/accounts/login/").content.decode()
+    client.force_login(user)
+    chat = client.get(f"/chat/{conversation.pk}/").content.decode()
+    for page in (login, chat):
+        icon = re.search(r'<link rel="icon" href="/static/([^"]+)"', page).group(1)
+        assert (PROJECT / "chat" / "static" / icon).is_file()
+
+
+def test_a_new_conversation_greets_with_example_prompts(client, user, conversation):
+    client.force_login(user)
+    page = client.get(f"/chat/{conversation.pk}/").content.decode()
+    assert "What can I help with?" in page
+    assert len(re.findall(r'<button type="button" class="example" data-prompt="', page)) == 4

@@ -21,11 +21,10 @@ from websockets.sync.client import connect as connect_websocket
 from chat.models import Message
 
 from .conftest import (
-    CHUNK,
     FINISHED,
-    SNAPSHOT,
-    chunk_text,
+    LIVE,
     final_status,
+    live_text,
     read_reply,
     read_until,
 )
@@ -79,8 +78,7 @@ async def test_a_connection_in_another_process_sees_the_whole_reply(
     seen = "".join(e.get("html", "") for e in events)
 
     assert "across processes" in seen
-    assert SNAPSHOT.search(seen)
-    assert not CHUNK.search(seen)
+    assert LIVE.search(seen)
     assert "p14" in events[-1]["html"]
 
 
@@ -90,7 +88,7 @@ async def test_stop_from_another_process_stops_the_reply(
     model = scripted([f"w{i} " for i in range(500)], delay=0.01)
     socket = await connect(user, conversation.pk)
     await socket.send_to(json.dumps({"message": "write forever"}))
-    await read_until(socket, CHUNK)
+    await read_until(socket, LIVE)
 
     await other_process.group_send(
         conversation.group_name, {"type": "chat.stop", "sender": "elsewhere"}
@@ -237,7 +235,7 @@ async def test_a_stalled_redis_costs_the_asking_socket_nothing_and_it_hears_of_i
         while (await other_process.receive(watcher))["event"] != "here":
             pass
     await asker.send_to(json.dumps({"message": "keep going"}))
-    await read_until(asker, CHUNK)
+    await read_until(asker, LIVE)
 
     redis_link.stall()
     frames = await read_reply(asker, wait=30)
@@ -246,7 +244,7 @@ async def test_a_stalled_redis_costs_the_asking_socket_nothing_and_it_hears_of_i
     # client had yet given up on one (they would only after 60 s).
     assert (redis_link.held > 0, redis_link.abandoned) == (True, 0)
     assert final_status(frames) == "complete"
-    assert chunk_text(frames).endswith("p39 ")
+    assert live_text(frames).endswith("p39")
     reply = await Message.objects.aget(conversation=conversation, role="assistant")
     assert (reply.status, reply.content.endswith("p39 ")) == ("complete", True)
 
@@ -269,13 +267,13 @@ async def test_redis_gone_mid_reply_keeps_the_reply_and_fanout_recovers(
         while (await other_process.receive(watcher))["event"] != "here":
             pass
     await asker.send_to(json.dumps({"message": "keep going"}))
-    await read_until(asker, CHUNK)
+    await read_until(asker, LIVE)
 
     redis_link.cut()
     frames = await read_reply(asker, wait=30)
 
     assert final_status(frames) == "complete"
-    assert chunk_text(frames).endswith("p39 ")
+    assert live_text(frames).endswith("p39")
     assert "Channel layer unreachable" in caplog.text
 
     redis_link.restore()

@@ -119,8 +119,13 @@ def watch_reply(
 
 
 def grew(states: list[str]) -> bool:
-    """Each state extends the one before: text only ever appended, never rewritten."""
-    return all(later.startswith(earlier) for earlier, later in pairwise(states))
+    """Each state extends the one before, as a reader sees it.
+
+    The reply is Markdown rendered as it streams, so "**bold" shows its asterisks until
+    the closing ones arrive: emphasis and code marks, and line breaks, are not compared.
+    """
+    shown = [" ".join(state.replace("*", "").replace("`", "").split()) for state in states]
+    return all(later.startswith(earlier) for earlier, later in pairwise(shown))
 
 
 def wait_finished(page: Page, reply_id: str, timeout: float = 30) -> None:
@@ -143,3 +148,62 @@ def transcript(page: Page) -> list[tuple[str, str]]:
 
 def normalized(text: str) -> str:
     return " ".join(text.split())
+
+
+# Every construct the issue asks to see formatted while streaming, echoed by the demo model.
+MARKDOWN_MESSAGE = """Format check
+
+## A plan
+
+- **bold** item
+- second item
+
+```python
+def greet(name):
+    return "Hi " + name
+```
+
+| Tool | Use |
+|:--|--:|
+| Django | web |
+| htmx | swaps |
+
+![pixel](https://example.com/pixel.png)"""
+
+# Records, for each streaming reply, its HTML at every change and what it showed while
+# streaming; window.e2eLive[id] then holds {last, formatted}.
+RECORD_LIVE = """() => {
+    const FORMATTED = ["h2", "strong", "li", ".code-block .highlight span", "table"];
+    window.e2eLive = {};
+    new MutationObserver(() => {
+        for (const text of document.querySelectorAll("#messages .text.streaming")) {
+            const seen = window.e2eLive[text.id] ??= {last: "", formatted: {}};
+            seen.last = text.innerHTML;
+            for (const selector of FORMATTED) {
+                if (text.querySelector(selector)) seen.formatted[selector] = true;
+            }
+        }
+    }).observe(
+        document.getElementById("messages"),
+        {childList: true, subtree: true, characterData: true},
+    );
+}"""
+
+
+def overflows_horizontally(page: Page) -> bool:
+    return page.evaluate(
+        "() => document.documentElement.scrollWidth > document.documentElement.clientWidth"
+    )
+
+
+def axe_violations(page: Page, axe_core: Path) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is now."""
+    if not page.evaluate("() => typeof axe !== 'undefined'"):
+        page.add_script_tag(path=axe_core)
+    results = page.evaluate(
+        """async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
+            .filter(v => v.impact === "serious" || v.impact === "critical")
+            .map(v => `${v.impact} ${v.id}: ${v.help} -> ` + v.nodes.slice(0, 3)
+                .map(n => n.target.join(" ") + " " + n.failureSummary).join(" | "))"""
+    )
+    return results

@@ -46,6 +46,10 @@ DEMO_MODEL_DELAY = os.environ.get("E2E_DEMO_MODEL_DELAY", "0.02")
 SERVER_START_TIMEOUT = 60
 SERVER_STOP_TIMEOUT = 20
 VIEWPORT = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+AXE_CORE = Path(
+    os.environ.get("AXE_CORE_PATH") or PROJECT_DIR / "node_modules" / "axe-core" / "axe.min.js"
+)
 
 # Loaded by the server under test instead of config.settings: production settings plus
 # what a test run needs of its own. Written at run time, so it stays out of the project.
@@ -240,6 +244,18 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+@pytest.fixture(scope="session")
+def axe_core() -> Path:
+    """axe-core's browser build, from the npm registry's package (package.json pins it)."""
+    if not AXE_CORE.is_file():
+        pytest.fail(
+            f"No axe-core at {AXE_CORE}: run `npm ci` in the project (package.json pins "
+            "axe-core), or set AXE_CORE_PATH to an axe.min.js.",
+            pytrace=False,
+        )
+    return AXE_CORE
+
+
 failed_key = pytest.StashKey[bool]()
 
 
@@ -264,9 +280,13 @@ class Browsing:
         self.errors: dict[Page, list[str]] = {}
         self.requests: list[str] = []
 
-    def visitor(self) -> BrowserContext:
-        """A new browser profile: its own cookies, so its own session."""
-        context = self.browser.new_context(base_url=self.server.url, viewport=VIEWPORT)
+    def visitor(self, **options) -> BrowserContext:
+        """A new browser profile: its own cookies, so its own session.
+
+        Options go to Playwright's new_context (viewport, color_scheme, ...).
+        """
+        options = {"viewport": VIEWPORT, **options}
+        context = self.browser.new_context(base_url=self.server.url, **options)
         context.set_default_timeout(10_000)
         context.on("page", self._watch)
         context.on("request", lambda request: self.requests.append(request.url))

@@ -28,6 +28,7 @@ def test_the_page_reconnects_after_a_server_restart_and_loses_nothing(browsing, 
         box.press("Enter")
         page.wait_for_timeout(300)
         expect(box).to_have_value("During the outage")
+        expect(page.locator("#composer-status")).to_contain_text("You are offline")
     finally:
         server.start()
 

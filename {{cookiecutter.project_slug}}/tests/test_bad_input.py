@@ -150,7 +150,7 @@ async def test_a_bad_frame_during_a_reply_leaves_the_reply_streaming_to_this_soc
     scripted([f"w{i} " for i in range(20)], delay=0.02)
     socket = await connect(user, conversation.pk)
     await socket.send_to(json.dumps({"message": "first"}))
-    await read_until(socket, CHUNK)
+    await read_until(socket, LIVE)
 
     await socket.send_to(frame)
     frames = await read_reply(socket)

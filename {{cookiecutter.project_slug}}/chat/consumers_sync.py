@@ -3,13 +3,13 @@
 Channels runs every sync consumer of a process in one shared thread, so a handler that
 looped over a model's stream would make every other user wait (django/channels#2132).
 Handlers here only do quick database work; each reply is written in a thread of its own
-pool, where self.send() still reaches the socket through the event loop. Stop sets an
-event that the reply checks between pieces, then closes the upstream stream.
+pool, where self.send() still reaches the socket through the event loop. Stop sets a
+StopSignal that cancels the provider's stream at once, even while the provider is silent
+(its socket is shut down under the blocked read), and the reply ends as stopped.
 """
 
 import asyncio
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 {%- if cookiecutter.channel_layer == "redis" %}
@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from . import fragments, services
 from .frames import FrameError, parse_frame
 from .llm import ProviderError, get_chat_model
+from .llm.base import StopSignal
 from .models import Message
 from .streaming import Every, FrameBuffer
 
@@ -40,7 +41,7 @@ UNAVAILABLE = "The chat cannot reach Redis right now. Reconnecting..."
 {%- endif %}
 
 # Replies being written in this process, by conversation id, so Stop from any tab finds them.
-replies: dict[int, threading.Event] = {}
+replies: dict[int, StopSignal] = {}
 reply_threads = ThreadPoolExecutor(
     max_workers=settings.CHAT_REPLY_THREADS, thread_name_prefix="chat-reply"
 )
@@ -154,10 +155,10 @@ class ChatConsumer(WebsocketConsumer):
             self.broadcast("chat.stop")
 
     def start_reply(self, reply: Message) -> None:
-        stop = replies[self.conversation.pk] = threading.Event()
+        stop = replies[self.conversation.pk] = StopSignal()
         async_to_sync(run_in_reply_thread)(self.write_reply, reply, stop)
 
-    def write_reply(self, reply: Message, stop: threading.Event) -> None:
+    def write_reply(self, reply: Message, stop: StopSignal) -> None:
         chunk = fragments.chunk_for(reply)
         frames = FrameBuffer(settings.CHAT_FRAME_INTERVAL)
         snapshots = Every(settings.CHAT_FANOUT_INTERVAL)
@@ -168,6 +169,7 @@ class ChatConsumer(WebsocketConsumer):
         try:
             history = services.model_input(reply)
             stream = get_chat_model().stream(settings.CHAT_SYSTEM_PROMPT, history)
+            stop.watch(stream)  # Stop cancels it at once, even while the provider is silent
             for piece in stream:
                 if stop.is_set():
                     break
@@ -184,8 +186,16 @@ class ChatConsumer(WebsocketConsumer):
         except TimeoutError:
             status, error = Message.Status.ERROR, TOO_LONG
         except ProviderError as exc:
-            logger.warning("Reply %s failed at the provider: %r", reply.pk, exc.__cause__ or exc)
-            status, error = Message.Status.ERROR, str(exc)
+            if stop.is_set():  # Stop cut the upstream connection under the read
+                status = Message.Status.STOPPED
+            else:
+                logger.warning(
+                    "Reply %s failed at the provider (%s): %s",
+                    reply.pk,
+                    exc.reason,
+                    exc.detail or repr(exc.__cause__ or exc),
+                )
+                status, error = services.status_of(exc.reason), str(exc)
         except Exception:
             logger.exception("Reply %s failed", reply.pk)
             status, error = Message.Status.ERROR, FAILED

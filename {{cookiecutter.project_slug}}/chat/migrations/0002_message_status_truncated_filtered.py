@@ -1,0 +1,26 @@
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("chat", "0001_initial"),
+    ]
+
+    operations = [
+        migrations.AlterField(
+            model_name="message",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("streaming", "Streaming"),
+                    ("complete", "Complete"),
+                    ("stopped", "Stopped"),
+                    ("error", "Error"),
+                    ("truncated", "Truncated"),
+                    ("filtered", "Filtered"),
+                ],
+                default="complete",
+                max_length=16,
+            ),
+        ),
+    ]

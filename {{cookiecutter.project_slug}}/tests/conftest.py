@@ -261,17 +261,19 @@ class SilentProvider:
 async def stop_while_the_provider_is_silent(
     model, provider, user, conversation, connect, monkeypatch
 ):
-    """Ask, wait until the provider has sent its headers and gone quiet, press Stop.
+    """Ask, wait until the first piece the provider sent is on the page and the provider has gone
+    quiet, press Stop.
 
     Returns the reply's frames, the stored reply and the seconds from Stop to the reply's end.
     """
     monkeypatch.setattr("chat.consumers.get_chat_model", lambda: model)
     chat = await connect(user, conversation.pk)
     await chat.send_to(json.dumps({"message": "Count to three"}))
-    assert await asyncio.to_thread(provider.answered.wait, 10)
+    frames = await read_until(chat, CHUNK)
+    assert provider.answered.is_set()
     stopped_at = time.monotonic()
     await chat.send_to(json.dumps({"action": "stop"}))
-    frames = await read_reply(chat)
+    frames += await read_reply(chat)
     latency = time.monotonic() - stopped_at
     stored = await Message.objects.filter(conversation=conversation).alast()
     return frames, stored, latency

@@ -425,11 +425,13 @@ def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
     settings.LLM_MODEL = "gemini-2.5-pro"
     settings.LLM_TIMEOUT = 7.5
     settings.LLM_MAX_OUTPUT_TOKENS = 100
+    settings.LLM_THINKING_BUDGET = 0
 
     model = GeminiChat.from_settings()
 
     assert (model.label, model.is_demo) == ("gemini-2.5-pro via Gemini", False)
     assert (model.model, model.max_output_tokens) == ("gemini-2.5-pro", 100)
+    assert model.thinking_budget == 0
     options = model.client._api_client.get_read_only_http_options()
     assert (options["base_url"], options["timeout"]) == ("https://llm.example.test", 7500)
     assert GeminiChat.from_settings().client is model.client

@@ -379,11 +379,13 @@ def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
     settings.LLM_MODEL = "gpt-5-nano"
     settings.LLM_TIMEOUT = 7.5
     settings.LLM_MAX_OUTPUT_TOKENS = 100
+    settings.LLM_REASONING_EFFORT = "minimal"
 
     model = OpenAIChat.from_settings()
 
     assert (model.label, model.is_demo) == ("gpt-5-nano via OpenAI", False)
     assert (model.model, model.max_output_tokens) == ("gpt-5-nano", 100)
+    assert model.reasoning_effort == "minimal"
     assert model.client.api_key == API_KEY
     assert model.client.base_url == "https://llm.example.test/v1/"
     assert model.client.timeout == 7.5

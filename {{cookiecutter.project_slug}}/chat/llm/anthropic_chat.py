@@ -219,9 +219,7 @@ class AnthropicChat:
                         yield text
             except (anthropic.APIError, httpx2.TransportError, ValueError, TypeError) as exc:
                 raise self.reply_error(exc) from exc
-        check_end(
-            end_of(stop_reason), wrote_text=wrote_text, detail=f"stop_reason={stop_reason!r}"
-        )
+        check_end(end_of(stop_reason), wrote_text=wrote_text, detail=f"stop_reason={stop_reason!r}")
 {%- else %}
 
     def stream(self, system: str, messages: list[ChatMessage]) -> ReplyStream:
@@ -246,7 +244,5 @@ class AnthropicChat:
                         yield text
             except (anthropic.APIError, httpx2.TransportError, ValueError, TypeError) as exc:
                 raise self.reply_error(exc) from exc
-        check_end(
-            end_of(stop_reason), wrote_text=wrote_text, detail=f"stop_reason={stop_reason!r}"
-        )
+        check_end(end_of(stop_reason), wrote_text=wrote_text, detail=f"stop_reason={stop_reason!r}")
 {%- endif %}

@@ -562,7 +562,6 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
     assert not any(API_KEY in frame for frame in retried)
 
 
-
 # The conformance table: each way a streamGenerateContent stream can end, as the bytes arrive,
 # and what the chat stores and shows for it. A quirk found later is one more row.
 # https://ai.google.dev/api/generate-content#FinishReason

@@ -353,13 +353,13 @@ def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
     settings.LLM_MODEL = "qwen3:8b"
     settings.LLM_TIMEOUT = 7.5
     settings.LLM_MAX_OUTPUT_TOKENS = 100
-    settings.LLM_THINK = False
+    settings.LLM_THINK = "high"
 
     model = OllamaChat.from_settings()
 
     assert (model.label, model.is_demo) == ("qwen3:8b via Ollama", False)
     assert (model.model, model.max_output_tokens) == ("qwen3:8b", 100)
-    assert model.think == False
+    assert model.think == "high"
     assert model.client._client.base_url == "http://gpu-box.test:11434"
     assert model.client._client.timeout == httpx.Timeout(7.5)
     assert OllamaChat.from_settings().client is model.client
@@ -456,7 +456,6 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
         {"role": "user", "content": "Count to three"}
     ]
     assert not any(SECRET in frame for frame in retried)
-
 
 
 # The conformance table: each way an /api/chat stream can end, as the lines arrive, and what the

@@ -258,22 +258,35 @@ class SilentProvider:
                 self.hung_up.set()
 
 
-async def stop_while_the_provider_is_silent(
-    model, provider, user, conversation, connect, monkeypatch
+async def end_while_the_provider_is_silent(
+    ending, model, provider, user, conversation, connect, monkeypatch
 ):
     """Ask, wait until the first piece the provider sent is on the page and the provider has gone
-    quiet, press Stop.
+    quiet, then press Stop (ending="stop") or close the only page watching (ending="leave").
 
-    Returns the reply's frames, the stored reply and the seconds from Stop to the reply's end.
+    Returns the frames the page got, the stored reply once it is no longer streaming, and the
+    seconds from Stop or leaving to the reply's end.
     """
     monkeypatch.setattr("chat.consumers.get_chat_model", lambda: model)
     chat = await connect(user, conversation.pk)
     await chat.send_to(json.dumps({"message": "Count to three"}))
     frames = await read_until(chat, CHUNK)
     assert provider.answered.is_set()
-    stopped_at = time.monotonic()
-    await chat.send_to(json.dumps({"action": "stop"}))
-    frames += await read_reply(chat)
-    latency = time.monotonic() - stopped_at
+    ended_at = time.monotonic()
+    if ending == "stop":
+        await chat.send_to(json.dumps({"action": "stop"}))
+        frames += await read_reply(chat)
+    else:
+        await chat.disconnect(timeout=5)
+    # The reply's own task (and, for the sync consumer, its thread) has ended.
+    loop = asyncio.get_running_loop()
+{%- if cookiecutter.consumer == "async" %}
+    running = {task for task in consumers.replies.values() if task.get_loop() is loop}
+{%- else %}
+    running = {task for task in consumers.background if task.get_loop() is loop}
+{%- endif %}
+    if running:
+        await asyncio.wait(running, timeout=10)
+    ended = time.monotonic() - ended_at
     stored = await Message.objects.filter(conversation=conversation).alast()
-    return frames, stored, latency
+    return frames, stored, ended

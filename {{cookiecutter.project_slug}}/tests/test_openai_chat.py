@@ -33,10 +33,10 @@ from chat.models import Message
 from .conftest import (
     SilentProvider,
     chunk_text,
+    end_while_the_provider_is_silent,
     final_status,
     read_reply,
     reply_in_chat,
-    stop_while_the_provider_is_silent,
 )
 
 API_KEY = "sk-test-SECRET-123"
@@ -629,8 +629,9 @@ async def test_each_way_a_stream_ends_is_stored_and_shown_as_the_table_says(
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_stop_while_the_provider_is_silent_ends_the_reply_and_hangs_up(
-    user, conversation, connect, monkeypatch
+@pytest.mark.parametrize("ending", ["stop", "leave"])
+async def test_stop_or_leaving_while_the_provider_is_silent_ends_the_reply_and_hangs_up(
+    ending, user, conversation, connect, monkeypatch
 ):
     with SilentProvider(b"text/event-stream", START + event("One")) as provider:
         model = OpenAIChat(
@@ -642,14 +643,11 @@ async def test_stop_while_the_provider_is_silent_ends_the_reply_and_hangs_up(
             max_retries=0,
         )
 
-        frames, stored, latency = await stop_while_the_provider_is_silent(
-            model, provider, user, conversation, connect, monkeypatch
+        frames, stored, latency = await end_while_the_provider_is_silent(
+            ending, model, provider, user, conversation, connect, monkeypatch
         )
 
-        assert (final_status(frames), stored.status, stored.content) == (
-            "stopped",
-            "stopped",
-            "One",
-        )
-        assert provider.hung_up.wait(5)
-    print(f"Stop with a silent provider: reply ended {latency * 1000:.0f} ms after Stop")
+        assert (stored.status, stored.content) == ("stopped", "One")
+        assert chunk_text(frames) == "One"
+        assert provider.hung_up.wait(5)  # the upstream connection is closed
+    print(f"{ending} with a silent provider: the reply ended {latency * 1000:.0f} ms later")

@@ -172,11 +172,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except TimeoutError:
             status, error = Message.Status.ERROR, TOO_LONG
         except ProviderError as exc:
+            reply.detail = exc.detail or repr(exc.__cause__ or exc)  # for the operator
             logger.warning(
-                "Reply %s failed at the provider (%s): %s",
-                reply.pk,
-                exc.reason,
-                exc.detail or repr(exc.__cause__ or exc),
+                "Reply %s failed at the provider (%s): %s", reply.pk, exc.reason, reply.detail
             )
             status, error = services.status_of(exc.reason), str(exc)
         except Exception:

@@ -189,11 +189,9 @@ class ChatConsumer(WebsocketConsumer):
             if stop.is_set():  # Stop cut the upstream connection under the read
                 status = Message.Status.STOPPED
             else:
+                reply.detail = exc.detail or repr(exc.__cause__ or exc)  # for the operator
                 logger.warning(
-                    "Reply %s failed at the provider (%s): %s",
-                    reply.pk,
-                    exc.reason,
-                    exc.detail or repr(exc.__cause__ or exc),
+                    "Reply %s failed at the provider (%s): %s", reply.pk, exc.reason, reply.detail
                 )
                 status, error = services.status_of(exc.reason), str(exc)
         except Exception:

@@ -42,6 +42,11 @@ class Message(models.Model):
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     error = models.CharField(max_length=300, blank=True)
+    detail = models.TextField(
+        blank=True,
+        help_text="What the provider said about how the reply ended (for the operator, never "
+        "shown in the chat, API key removed).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

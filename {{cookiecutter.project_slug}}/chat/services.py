@@ -123,5 +123,5 @@ def finish_reply(reply: Message, content: str, status: str, error: str = "") -> 
     reply.content = content
     reply.status = status
     reply.error = error
-    reply.save(update_fields=["content", "status", "error", "updated_at"])
+    reply.save(update_fields=["content", "status", "error", "detail", "updated_at"])
     return reply

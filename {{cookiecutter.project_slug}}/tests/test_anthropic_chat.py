@@ -502,6 +502,8 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
     assert final_status(failed) == "error"
     assert not any(API_KEY in frame for frame in failed)
     assert API_KEY not in stored.error
+    assert stored.detail  # what the provider said, for the operator
+    assert API_KEY not in stored.detail
     assert chunk_text(failed) == partial
     assert message in html.unescape(failed[-1])
     assert 'name="action" value="retry"' in failed[-1]

@@ -423,6 +423,7 @@ def operator_lines(caplog) -> list[str]:
 async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
     fault, message, partial, silent_url, user, conversation, connect, monkeypatch, caplog
 ):
+    monkeypatch.setenv("OLLAMA_API_KEY", SECRET)  # the token the proxy checks
     failing = failing_model(fault, silent_url)
     monkeypatch.setattr("chat.consumers.get_chat_model", lambda: failing)
     chat = await connect(user, conversation.pk)
@@ -434,6 +435,8 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
     assert final_status(failed) == "error"
     assert not any(SECRET in frame for frame in failed)
     assert SECRET not in stored.error
+    assert stored.detail  # what the provider said, for the operator
+    assert SECRET not in stored.detail
     assert chunk_text(failed) == partial
     assert message in html.unescape(failed[-1])
     assert 'name="action" value="retry"' in failed[-1]

@@ -5,10 +5,12 @@ https://github.com/ollama/ollama/blob/main/docs/api.md#generate-a-chat-completio
 {%- if cookiecutter.consumer == "async" %}
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 {%- else %}
 
+import os
 from collections.abc import Iterator
 from contextlib import closing
 {%- endif %}
@@ -122,7 +124,7 @@ class Ending:
 
 def provider_error(exc: Exception) -> ProviderError:
     """What to tell the user about an error from the SDK or its HTTP client."""
-    detail = describe(exc, None)
+    detail = describe(exc, os.environ.get("OLLAMA_API_KEY"))  # the SDK sends it, if set
     if isinstance(exc, ollama.ResponseError) and exc.status_code >= 400:
         return error_for_status(exc.status_code, detail)
     if isinstance(exc, httpx.TimeoutException):

@@ -7,6 +7,15 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AddField(
+            model_name="message",
+            name="detail",
+            field=models.TextField(
+                blank=True,
+                help_text="What the provider said about how the reply ended (for the operator, "
+                "never shown in the chat, API key removed).",
+            ),
+        ),
         migrations.AlterField(
             model_name="message",
             name="status",

@@ -6,8 +6,8 @@ from .models import Conversation, Message
 class MessageInline(admin.TabularInline):
     model = Message
     extra = 0
-    fields = ["role", "status", "content", "created_at"]
-    readonly_fields = ["created_at"]
+    fields = ["role", "status", "content", "error", "detail", "created_at"]
+    readonly_fields = ["error", "detail", "created_at"]
 
 
 @admin.register(Conversation)

@@ -199,8 +199,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except TimeoutError:
             status, error = Message.Status.ERROR, TOO_LONG
         except ProviderError as exc:
-            logger.warning("Reply %s failed at the provider: %r", reply.pk, exc.__cause__ or exc)
-            status, error = Message.Status.ERROR, str(exc)
+            reply.detail = exc.detail or repr(exc.__cause__ or exc)  # for the operator
+            logger.warning(
+                "Reply %s failed at the provider (%s): %s", reply.pk, exc.reason, reply.detail
+            )
+            status, error = services.status_of(exc.reason), str(exc)
         except Exception:
             logger.exception("Reply %s failed", reply.pk)
             status, error = Message.Status.ERROR, FAILED

@@ -3,15 +3,15 @@
 Channels runs every sync consumer of a process in one shared thread, so a handler that
 looped over a model's stream would make every other user wait (django/channels#2132).
 Handlers here only do quick database work; each reply is written in a thread of its own
-pool, where self.send() still reaches the socket through the event loop. Stop sets an
-event that the reply checks between pieces, then closes the upstream stream. What other
-connections watching the conversation should see goes into this connection's outbox
-(chat/fanout.py), sent on the event loop: the reply never waits on the channel layer.
+pool, where self.send() still reaches the socket through the event loop. Stop sets a
+StopSignal that cancels the provider's stream at once, even while the provider is silent
+(its socket is shut down under the blocked read), and the reply ends as stopped. What
+other connections watching the conversation should see goes into this connection's
+outbox (chat/fanout.py), sent on the event loop: the reply never waits on the layer.
 """
 
 import asyncio
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +27,7 @@ from . import fragments, limits, services
 from .fanout import Fanout
 from .frames import FrameError, parse_frame
 from .llm import ProviderError, get_chat_model
+from .llm.base import StopSignal
 from .models import Message
 from .streaming import Every, FrameBuffer
 
@@ -37,7 +38,7 @@ TOO_LONG = "The reply ran past the time limit and was cut off."
 UNEXPECTED = "Something went wrong with that request. Try again in a moment."
 
 # Replies being written in this process, by conversation id, so Stop from any tab finds them.
-replies: dict[int, threading.Event] = {}
+replies: dict[int, StopSignal] = {}
 reply_threads = ThreadPoolExecutor(
     max_workers=settings.CHAT_REPLY_THREADS, thread_name_prefix="chat-reply"
 )
@@ -186,10 +187,10 @@ class ChatConsumer(WebsocketConsumer):
             self.broadcast("stop", "chat.stop")
 
     def start_reply(self, reply: Message) -> None:
-        stop = replies[self.conversation.pk] = threading.Event()
+        stop = replies[self.conversation.pk] = StopSignal()
         async_to_sync(run_in_reply_thread)(self.write_reply, reply, stop)
 
-    def write_reply(self, reply: Message, stop: threading.Event) -> None:
+    def write_reply(self, reply: Message, stop: StopSignal) -> None:
         live = fragments.live_for(reply)
         frames = FrameBuffer(settings.CHAT_FRAME_INTERVAL)
         snapshots = Every(settings.CHAT_FANOUT_INTERVAL)
@@ -200,6 +201,7 @@ class ChatConsumer(WebsocketConsumer):
         try:
             history = services.model_input(reply)
             stream = get_chat_model().stream(settings.CHAT_SYSTEM_PROMPT, history)
+            stop.watch(stream)  # Stop cancels it at once, even while the provider is silent
             for piece in stream:
                 if stop.is_set():
                     break
@@ -216,8 +218,14 @@ class ChatConsumer(WebsocketConsumer):
         except TimeoutError:
             status, error = Message.Status.ERROR, TOO_LONG
         except ProviderError as exc:
-            logger.warning("Reply %s failed at the provider: %r", reply.pk, exc.__cause__ or exc)
-            status, error = Message.Status.ERROR, str(exc)
+            if stop.is_set():  # Stop cut the upstream connection under the read
+                status = Message.Status.STOPPED
+            else:
+                reply.detail = exc.detail or repr(exc.__cause__ or exc)  # for the operator
+                logger.warning(
+                    "Reply %s failed at the provider (%s): %s", reply.pk, exc.reason, reply.detail
+                )
+                status, error = services.status_of(exc.reason), str(exc)
         except Exception:
             logger.exception("Reply %s failed", reply.pk)
             status, error = Message.Status.ERROR, FAILED

@@ -32,6 +32,8 @@ class Message(models.Model):
         COMPLETE = "complete"
         STOPPED = "stopped"
         ERROR = "error"
+        TRUNCATED = "truncated"  # cut at the model's output limit; the text is kept
+        FILTERED = "filtered"  # the provider's safety filter stopped the reply or the prompt
 
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"
@@ -40,6 +42,11 @@ class Message(models.Model):
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     error = models.CharField(max_length=300, blank=True)
+    detail = models.TextField(
+        blank=True,
+        help_text="What the provider said about how the reply ended (for the operator, never "
+        "shown in the chat, API key removed).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -49,6 +56,16 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+    @property
+    def can_retry(self) -> bool:
+        """A reply that ended short of a whole answer: the page offers Retry."""
+        return self.role == self.Role.ASSISTANT and self.status in (
+            self.Status.STOPPED,
+            self.Status.ERROR,
+            self.Status.TRUNCATED,
+            self.Status.FILTERED,
+        )
 
     @property
     def dom_id(self) -> str:

@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from . import limits
 from .frames import storable_text
-from .llm import ChatMessage
+from .llm import ChatMessage, EndReason
+from .llm.base import EMPTY
 from .models import Conversation, Message
 
 logger = logging.getLogger(__name__)
@@ -69,14 +70,14 @@ def start_turn(conversation: Conversation, text: str) -> tuple[Message, Message]
 
 
 def start_retry(conversation: Conversation) -> Message:
-    """A new reply to the latest user message, after a failed one."""
+    """A new reply to the latest user message, after one that ended short (see can_retry)."""
     with transaction.atomic():
         conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
         if generating(conversation):
             raise Refused("A reply is still being written. Wait for it, or press Stop.")
         last = conversation.messages.last()
-        if last is None or last.status != Message.Status.ERROR:
-            raise Refused("There is no failed reply to retry.")
+        if last is None or not last.can_retry:
+            raise Refused("There is no unfinished reply to retry.")
         check_rate(conversation.owner)
         return conversation.messages.create(
             role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
@@ -86,11 +87,12 @@ def start_retry(conversation: Conversation) -> Message:
 def model_input(reply: Message) -> list[ChatMessage]:
     """The conversation before this reply, newest first until the budget is spent.
 
-    Failed replies are left out; the latest user message is always kept.
+    Failed and filtered replies are left out, and so are earlier attempts at this reply (a retry
+    answers the latest user message afresh); the latest user message is always kept.
     """
     earlier = (
         Message.objects.filter(conversation_id=reply.conversation_id, pk__lt=reply.pk)
-        .exclude(status=Message.Status.ERROR)
+        .exclude(status__in=[Message.Status.ERROR, Message.Status.FILTERED])
         .exclude(content="")
         .order_by("-pk")
         .values_list("role", "content")
@@ -98,6 +100,8 @@ def model_input(reply: Message) -> list[ChatMessage]:
     budget = settings.CHAT_HISTORY_BUDGET
     kept: list[ChatMessage] = []
     for role, content in earlier.iterator():
+        if not kept and role == Message.Role.ASSISTANT:
+            continue  # an earlier attempt at this reply
         if kept and len(content) > budget:
             break
         budget -= len(content)
@@ -106,11 +110,26 @@ def model_input(reply: Message) -> list[ChatMessage]:
     return kept
 
 
+def status_of(reason: EndReason) -> str:
+    """The stored status of a reply whose stream ended this way."""
+    return {
+        EndReason.FINISHED: Message.Status.COMPLETE,
+        EndReason.LENGTH: Message.Status.TRUNCATED,
+        EndReason.FILTERED: Message.Status.FILTERED,
+        EndReason.BLOCKED: Message.Status.FILTERED,
+        EndReason.ERROR: Message.Status.ERROR,
+        EndReason.EMPTY: Message.Status.ERROR,
+    }[reason]
+
+
 def finish_reply(reply: Message, content: str, status: str, error: str = "") -> Message:
+    """Store how the reply ended; a reply without text is never complete."""
+    if status == Message.Status.COMPLETE and not content.strip():
+        status, error = Message.Status.ERROR, EMPTY
     reply.content = storable_text(content)  # model output: nothing the database refuses
     reply.status = status
     reply.error = error
-    reply.save(update_fields=["content", "status", "error", "updated_at"])
+    reply.save(update_fields=["content", "status", "error", "detail", "updated_at"])
     return reply
 
 

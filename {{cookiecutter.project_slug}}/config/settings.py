@@ -266,24 +266,44 @@ LOGGING = {
 LLM_API_KEY = os.environ.get("OPENAI_API_KEY", "")
 LLM_BASE_URL = os.environ.get("OPENAI_BASE_URL") or None
 LLM_MODEL = os.environ.get("OPENAI_MODEL", "gpt-5-mini")
+# Reasoning models think before they answer, billed as output tokens within the limit below:
+# minimal, low, medium or high (empty: not sent, for models that do not reason).
+# https://platform.openai.com/docs/guides/reasoning
+LLM_REASONING_EFFORT = os.environ.get("OPENAI_REASONING_EFFORT", "low")
 {%- elif cookiecutter.llm_provider == "anthropic" %}
 # https://docs.anthropic.com/en/api/messages-streaming
 LLM_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
 LLM_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL") or None
 LLM_MODEL = os.environ.get("ANTHROPIC_MODEL", "claude-haiku-4-5")
+# Extended thinking: 0 turns it off; 1024 or more is its token budget, billed as output and
+# below LLM_MAX_OUTPUT_TOKENS (empty: not sent, the model's default).
+# https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking
+_thinking = os.environ.get("ANTHROPIC_THINKING_BUDGET", "0")
+LLM_THINKING_BUDGET = int(_thinking) if _thinking else None
 {%- elif cookiecutter.llm_provider == "gemini" %}
 # https://ai.google.dev/gemini-api/docs/text-generation#streaming
 LLM_API_KEY = os.environ.get("GEMINI_API_KEY", "")
 LLM_BASE_URL = os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
 LLM_MODEL = os.environ.get("GEMINI_MODEL", "gemini-2.5-flash")
+# Thinking tokens per reply, billed as output and counted in LLM_MAX_OUTPUT_TOKENS: 0 turns
+# thinking off (Flash models), -1 lets the model choose (empty: not sent, the model's default).
+# https://ai.google.dev/gemini-api/docs/thinking#set-budget
+_thinking = os.environ.get("GEMINI_THINKING_BUDGET", "1024")
+LLM_THINKING_BUDGET = int(_thinking) if _thinking else None
 {%- elif cookiecutter.llm_provider == "ollama" %}
 # https://github.com/ollama/ollama/blob/main/docs/api.md#generate-a-chat-completion
 LLM_BASE_URL = os.environ.get("OLLAMA_HOST") or None
 LLM_MODEL = os.environ.get("OLLAMA_MODEL", "llama3.2")
+# Thinking models (qwen3, deepseek-r1, gpt-oss): true, false, or low/medium/high for gpt-oss;
+# thinking counts in LLM_MAX_OUTPUT_TOKENS (empty: not sent, the model's default).
+# https://ollama.com/blog/thinking
+_think = os.environ.get("OLLAMA_THINK", "").strip().lower()
+LLM_THINK = {"": None, "true": True, "false": False}.get(_think, _think)
 {%- endif %}
 # Seconds to wait for the provider to connect or send the next piece of the reply.
 LLM_TIMEOUT = float(os.environ.get("LLM_TIMEOUT", "60"))
-LLM_MAX_OUTPUT_TOKENS = int(os.environ.get("LLM_MAX_OUTPUT_TOKENS", "2048"))
+# Output tokens per reply, thinking included: room for reasoning and a long answer.
+LLM_MAX_OUTPUT_TOKENS = int(os.environ.get("LLM_MAX_OUTPUT_TOKENS", "8192"))
 
 # Chat
 CHAT_SYSTEM_PROMPT = os.environ.get("CHAT_SYSTEM_PROMPT", "You are a helpful assistant.")

@@ -1,14 +1,14 @@
 import asyncio
 import html
+import json
 import re
 import threading
-{%- if cookiecutter.consumer == "sync" %}
 import time
-{%- endif %}
 {%- if cookiecutter.channel_layer == "redis" %}
 import uuid
 {%- endif %}
 from collections.abc import Callable
+from socket import create_server
 
 import pytest
 {%- if cookiecutter.channel_layer == "redis" %}
@@ -26,7 +26,7 @@ from django.test import Client
 
 from chat import consumers
 from chat.llm import ChatMessage, ProviderError
-from chat.models import Conversation
+from chat.models import Conversation, Message
 from config.asgi import application
 
 # A frame of a streaming reply: the reply so far, rendered as Markdown (fragments.live_for).
@@ -221,3 +221,86 @@ def live_text(frames: list[str]) -> str:
 
 def final_status(frames: list[str]) -> str:
     return FINISHED.search(frames[-1]).group(2)
+
+
+async def reply_in_chat(model, user, conversation, connect, monkeypatch):
+    """Ask through the chat socket with this model; the frames of the reply and the stored reply."""
+    monkeypatch.setattr("chat.consumers.get_chat_model", lambda: model)
+    chat = await connect(user, conversation.pk)
+    await chat.send_to(json.dumps({"message": "Count to three"}))
+    frames = await read_reply(chat)
+    stored = await Message.objects.filter(conversation=conversation).alast()
+    return frames, stored
+
+
+class SilentProvider:
+    """A loopback HTTP server that answers one request with a stream's headers and its first
+    bytes, then sends nothing; it notes when the client has read them and when it hangs up."""
+
+    def __init__(self, content_type: bytes, start: bytes = b"") -> None:
+        self.content_type = content_type
+        self.start = start
+        self.answered = threading.Event()
+        self.hung_up = threading.Event()
+        self.socket = create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+
+    def __enter__(self) -> "SilentProvider":
+        threading.Thread(target=self.serve, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.socket.close()
+
+    def serve(self) -> None:
+        connection, _ = self.socket.accept()
+        with connection:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += connection.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            headers = dict(line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:])
+            while len(body) < int(headers.get(b"content-length", b"0")):
+                body += connection.recv(65536)
+            first = b"%x\r\n%s\r\n" % (len(self.start), self.start) if self.start else b""
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: " + self.content_type + b"\r\n"
+                b"transfer-encoding: chunked\r\n\r\n" + first
+            )
+            self.answered.set()
+            if connection.recv(1) == b"":
+                self.hung_up.set()
+
+
+async def end_while_the_provider_is_silent(
+    ending, model, provider, user, conversation, connect, monkeypatch
+):
+    """Ask, wait until the first piece the provider sent is on the page and the provider has gone
+    quiet, then press Stop (ending="stop") or close the only page watching (ending="leave").
+
+    Returns the frames the page got, the stored reply once it is no longer streaming, and the
+    seconds from Stop or leaving to the reply's end.
+    """
+    monkeypatch.setattr("chat.consumers.get_chat_model", lambda: model)
+    chat = await connect(user, conversation.pk)
+    await chat.send_to(json.dumps({"message": "Count to three"}))
+    frames = await read_until(chat, LIVE)
+    assert provider.answered.is_set()
+    ended_at = time.monotonic()
+    if ending == "stop":
+        await chat.send_to(json.dumps({"action": "stop"}))
+        frames += await read_reply(chat)
+    else:
+        await chat.disconnect(timeout=5)
+    # The reply's own task (and, for the sync consumer, its thread) has ended.
+    loop = asyncio.get_running_loop()
+{%- if cookiecutter.consumer == "async" %}
+    running = {task for task in consumers.replies.values() if task.get_loop() is loop}
+{%- else %}
+    running = {task for task in consumers.background if task.get_loop() is loop}
+{%- endif %}
+    if running:
+        await asyncio.wait(running, timeout=10)
+    ended = time.monotonic() - ended_at
+    stored = await Message.objects.filter(conversation=conversation).alast()
+    return frames, stored, ended

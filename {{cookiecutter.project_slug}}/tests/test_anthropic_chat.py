@@ -16,7 +16,11 @@ import pytest
 
 from chat.llm.anthropic_chat import AnthropicChat
 from chat.llm.base import (
+    CUT_AT_LENGTH,
     CUT_OFF,
+    EMPTY,
+    FILTERED,
+    NO_TEXT_AT_LENGTH,
     TIMED_OUT,
     UNREACHABLE,
     ChatMessage,
@@ -25,7 +29,14 @@ from chat.llm.base import (
 )
 from chat.models import Message
 
-from .conftest import final_status, live_text, read_reply
+from .conftest import (
+    SilentProvider,
+    end_while_the_provider_is_silent,
+    final_status,
+    live_text,
+    read_reply,
+    reply_in_chat,
+)
 
 API_KEY = "sk-ant-test-SECRET-123"
 SYSTEM = "You are terse."
@@ -248,6 +259,7 @@ def test_streams_the_deltas_and_sends_prompt_history_model_and_limit():
             {"role": "user", "content": "Count to three"},
         ],
         "max_tokens": 256,
+        "thinking": {"type": "disabled"},
         "stream": True,
     }
     assert body.closed
@@ -259,7 +271,7 @@ def test_streams_the_deltas_and_sends_prompt_history_model_and_limit():
         (
             401,
             "authentication_error",
-            "The model provider rejected the API key. Check it in .env.",
+            str(error_for_status(401)),
         ),
         (
             429,
@@ -404,11 +416,13 @@ def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
     settings.LLM_MODEL = "claude-sonnet-4-5"
     settings.LLM_TIMEOUT = 7.5
     settings.LLM_MAX_OUTPUT_TOKENS = 100
+    settings.LLM_THINKING_BUDGET = 2048
 
     model = AnthropicChat.from_settings()
 
     assert (model.label, model.is_demo) == ("claude-sonnet-4-5 via Anthropic", False)
     assert (model.model, model.max_output_tokens) == ("claude-sonnet-4-5", 100)
+    assert model.thinking_budget == 2048
     assert model.client.api_key == API_KEY
     assert model.client.base_url == "https://llm.example.test"
     assert model.client.timeout == 7.5
@@ -488,6 +502,8 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
     assert final_status(failed) == "error"
     assert not any(API_KEY in frame for frame in failed)
     assert API_KEY not in stored.error
+    assert stored.detail  # what the provider said, for the operator
+    assert API_KEY not in stored.detail
     assert live_text(failed) == partial
     assert message in html.unescape(failed[-1])
     assert 'name="action" value="retry"' in failed[-1]
@@ -510,3 +526,189 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
         {"role": "user", "content": "Count to three"}
     ]
     assert not any(API_KEY in frame for frame in retried)
+
+
+# The conformance table: each way a Messages stream can end, as the bytes arrive, and what the
+# chat stores and shows for it. A quirk found later is one more row.
+# https://docs.anthropic.com/en/api/messages-streaming
+# https://docs.anthropic.com/en/api/handling-stop-reasons
+
+
+def ending(stop_reason: str | None) -> list[bytes]:
+    """The end of a stream: the text block closes, message_delta carries stop_reason."""
+    return [
+        sse({"type": "content_block_stop", "index": 1}),
+        sse(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": 12},
+            }
+        ),
+        sse({"type": "message_stop"}),
+    ]
+
+
+def error_event(kind: str, message: str) -> bytes:
+    return sse({"type": "error", "error": {"type": kind, "message": message}})
+
+
+CITATION = sse(
+    {
+        "type": "content_block_delta",
+        "index": 1,
+        "delta": {
+            "type": "citations_delta",
+            "citation": {
+                "type": "char_location",
+                "cited_text": "three",
+                "document_index": 0,
+                "document_title": None,
+                "start_char_index": 0,
+                "end_char_index": 5,
+            },
+        },
+    }
+)
+REDACTED_THINKING = sse(
+    {
+        "type": "content_block_start",
+        "index": 2,
+        "content_block": {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
+    }
+)
+
+CONFORMANCE = [
+    pytest.param(
+        [*START, text("One"), text(", two"), *END], "complete", "One, two", "", id="end_turn"
+    ),
+    pytest.param(
+        [
+            *START,
+            text("One"),
+            CITATION,
+            REDACTED_THINKING,
+            sse({"type": "ping"}),
+            text(", two"),
+            *END,
+        ],
+        "complete",
+        "One, two",
+        "",
+        id="events without text are skipped",
+    ),
+    pytest.param(
+        [*START, text("One"), *ending("stop_sequence")],
+        "complete",
+        "One",
+        "",
+        id="stop_sequence",
+    ),
+    pytest.param(
+        [*START, text("One"), *ending("max_tokens")],
+        "truncated",
+        "One",
+        CUT_AT_LENGTH,
+        id="max_tokens after text",
+    ),
+    pytest.param(
+        [*START, *ending("max_tokens")],
+        "truncated",
+        "",
+        NO_TEXT_AT_LENGTH,
+        id="max_tokens spent thinking",
+    ),
+    pytest.param(
+        [*START, text("One"), *ending("model_context_window_exceeded")],
+        "truncated",
+        "One",
+        CUT_AT_LENGTH,
+        id="model_context_window_exceeded",
+    ),
+    pytest.param(
+        [*START, text("One"), *ending("refusal")],
+        "filtered",
+        "One",
+        FILTERED,
+        id="refusal",
+    ),
+    pytest.param([*START, *ending("refusal")], "filtered", "", FILTERED, id="refusal, no text"),
+    pytest.param(
+        [*START, text("One"), *ending("pause_turn")],
+        "error",
+        "One",
+        CUT_OFF,
+        id="pause_turn",
+    ),
+    pytest.param([*START, text("One"), *ending("tool_use")], "complete", "One", "", id="tool_use"),
+    pytest.param([*START, *END], "error", "", EMPTY, id="end_turn without text"),
+    pytest.param(
+        [*START, text("One"), *ending("a_reason_added_later")],
+        "complete",
+        "One",
+        "",
+        id="unknown stop_reason",
+    ),
+    pytest.param(
+        [*START, text("One"), error_event("overloaded_error", "Overloaded")],
+        "error",
+        "One",
+        CUT_OFF,
+        id="overloaded_error event",
+    ),
+    pytest.param(
+        [*START, text("One"), error_event("api_error", "Internal server error")],
+        "error",
+        "One",
+        CUT_OFF,
+        id="api_error event",
+    ),
+    pytest.param(
+        [*START, text("One"), sse({"type": "message_stop"})],
+        "error",
+        "One",
+        CUT_OFF,
+        id="no stop_reason",
+    ),
+    pytest.param([*START, text("One")], "error", "One", CUT_OFF, id="stream ends early"),
+]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("wire", "status", "text", "message"), CONFORMANCE)
+async def test_each_way_a_stream_ends_is_stored_and_shown_as_the_table_says(
+    wire, status, text, message, user, conversation, connect, monkeypatch
+):
+    model = model_for(streaming(Body(wire)))
+
+    frames, stored = await reply_in_chat(model, user, conversation, connect, monkeypatch)
+
+    assert (stored.status, stored.content, stored.error) == (status, text, message)
+    assert (final_status(frames), live_text(frames)) == (status, text)
+    assert message in html.unescape(frames[-1])
+    assert ('name="action" value="retry"' in frames[-1]) == (status != "complete")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("ending", ["stop", "leave"])
+async def test_stop_or_leaving_while_the_provider_is_silent_ends_the_reply_and_hangs_up(
+    ending, user, conversation, connect, monkeypatch
+):
+    with SilentProvider(b"text/event-stream", b"".join([*START, text("One")])) as provider:
+        model = AnthropicChat(
+            api_key=API_KEY,
+            base_url=provider.url,
+            model="claude-haiku-4-5",
+            timeout=30,  # far longer than the test waits: only Stop can end the reply
+            max_output_tokens=256,
+            max_retries=0,
+        )
+
+        frames, stored, latency = await end_while_the_provider_is_silent(
+            ending, model, provider, user, conversation, connect, monkeypatch
+        )
+
+        assert (stored.status, stored.content) == ("stopped", "One")
+        assert live_text(frames) == "One"
+        assert provider.hung_up.wait(5)  # the upstream connection is closed
+    print(f"{ending} with a silent provider: the reply ended {latency * 1000:.0f} ms later")

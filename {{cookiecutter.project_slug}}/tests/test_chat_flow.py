@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from chat.llm import ProviderError
+from chat.llm import ChatMessage, EndReason, IncompleteReply, ProviderError
 from chat.models import Message
 
 from .conftest import LIVE, final_status, live_text, read_reply, read_until
@@ -229,3 +229,68 @@ async def test_the_first_message_names_the_conversation_in_the_header_and_the_si
     )
     await conversation.arefresh_from_db()
     assert conversation.title == "Plan a <trip> to Rome"
+
+
+@pytest.mark.parametrize(
+    ("reason", "status"),
+    [
+        (EndReason.LENGTH, "truncated"),
+        (EndReason.FILTERED, "filtered"),
+        (EndReason.BLOCKED, "filtered"),
+        (EndReason.EMPTY, "error"),
+    ],
+)
+async def test_a_reply_that_ended_short_keeps_its_status_and_a_retry_answers_afresh(
+    reason, status, user, conversation, connect, scripted
+):
+    scripted(["Half an ", "answer"], fail=IncompleteReply("The reply was cut short.", reason))
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(send("tell me"))
+    frames = await read_reply(socket)
+
+    assert final_status(frames) == status
+    assert "The reply was cut short." in frames[-1]
+    assert 'name="action" value="retry"' in frames[-1]
+
+    model = scripted(["Whole answer."])
+    await socket.send_to(json.dumps({"action": "retry"}))
+    retried = await read_reply(socket)
+
+    assert final_status(retried) == "complete"
+    assert model.calls == [[ChatMessage("user", "tell me")]]  # the short attempt is left out
+    assert await messages_of(conversation) == [
+        ("user", "tell me", "complete"),
+        ("assistant", "Half an answer", status),
+        ("assistant", "Whole answer.", "complete"),
+    ]
+
+
+async def test_a_stopped_reply_can_be_retried(user, conversation, connect, scripted):
+    scripted([f"p{i} " for i in range(200)], delay=0.01)
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(send("tell me"))
+    await read_until(socket, LIVE)
+    await socket.send_to(json.dumps({"action": "stop"}))
+    frames = await read_reply(socket)
+    assert final_status(frames) == "stopped"
+    assert 'name="action" value="retry"' in frames[-1]
+
+    model = scripted(["Whole answer."])
+    await socket.send_to(json.dumps({"action": "retry"}))
+
+    assert final_status(await read_reply(socket)) == "complete"
+    assert model.calls == [[ChatMessage("user", "tell me")]]
+
+
+async def test_a_reply_without_any_text_is_never_stored_as_complete(
+    user, conversation, connect, scripted
+):
+    scripted([])
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(send("tell me"))
+    frames = await read_reply(socket)
+
+    assert final_status(frames) == "error"
+    assert "The model returned no text." in frames[-1]
+    assert 'name="action" value="retry"' in frames[-1]
+    assert (await messages_of(conversation))[-1] == ("assistant", "", "error")

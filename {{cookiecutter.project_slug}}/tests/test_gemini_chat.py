@@ -16,7 +16,12 @@ import httpx2
 import pytest
 
 from chat.llm.base import (
+    BLOCKED,
+    CUT_AT_LENGTH,
     CUT_OFF,
+    EMPTY,
+    FILTERED,
+    NO_TEXT_AT_LENGTH,
     TIMED_OUT,
     UNREACHABLE,
     ChatMessage,
@@ -26,7 +31,14 @@ from chat.llm.base import (
 from chat.llm.gemini_chat import GeminiChat
 from chat.models import Message
 
-from .conftest import final_status, live_text, read_reply
+from .conftest import (
+    SilentProvider,
+    end_while_the_provider_is_silent,
+    final_status,
+    live_text,
+    read_reply,
+    reply_in_chat,
+)
 
 API_KEY = "AIzaSy-test-SECRET-123"
 SYSTEM = "You are terse."
@@ -257,12 +269,12 @@ def test_streams_the_deltas_and_sends_prompt_history_model_and_limit():
                     }
                 ],
             },
-            "The model provider rejected the API key. Check it in .env.",
+            str(error_for_status(401)),
         ),
         (
             401,
             {"code": 401, "message": f"Bad key {API_KEY}", "status": "UNAUTHENTICATED"},
-            "The model provider rejected the API key. Check it in .env.",
+            str(error_for_status(401)),
         ),
         (
             429,
@@ -425,11 +437,13 @@ def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
     settings.LLM_MODEL = "gemini-2.5-pro"
     settings.LLM_TIMEOUT = 7.5
     settings.LLM_MAX_OUTPUT_TOKENS = 100
+    settings.LLM_THINKING_BUDGET = 0
 
     model = GeminiChat.from_settings()
 
     assert (model.label, model.is_demo) == ("gemini-2.5-pro via Gemini", False)
     assert (model.model, model.max_output_tokens) == ("gemini-2.5-pro", 100)
+    assert model.thinking_budget == 0
     options = model.client._api_client.get_read_only_http_options()
     assert (options["base_url"], options["timeout"]) == ("https://llm.example.test", 7500)
     assert GeminiChat.from_settings().client is model.client
@@ -524,6 +538,8 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
     assert final_status(failed) == "error"
     assert not any(API_KEY in frame for frame in failed)
     assert API_KEY not in stored.error
+    assert stored.detail  # what the provider said, for the operator
+    assert API_KEY not in stored.detail
     assert live_text(failed) == partial
     assert message in html.unescape(failed[-1])
     assert 'name="action" value="retry"' in failed[-1]
@@ -546,3 +562,157 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
         {"role": "user", "parts": [{"text": "Count to three"}]}
     ]
     assert not any(API_KEY in frame for frame in retried)
+
+
+# The conformance table: each way a streamGenerateContent stream can end, as the bytes arrive,
+# and what the chat stores and shows for it. A quirk found later is one more row.
+# https://ai.google.dev/api/generate-content#FinishReason
+# https://ai.google.dev/api/generate-content#BlockReason
+
+
+def blocked(reason: str) -> bytes:
+    """The only chunk of a stream whose prompt was blocked: feedback, no candidates."""
+    return sse(
+        {
+            "promptFeedback": {"blockReason": reason, "safetyRatings": []},
+            "usageMetadata": {"promptTokenCount": 31, "totalTokenCount": 31},
+            "modelVersion": "gemini-2.5-flash",
+            "responseId": "resp-1",
+        }
+    )
+
+
+USAGE_ONLY = sse({"usageMetadata": {"promptTokenCount": 31}, "modelVersion": "gemini-2.5-flash"})
+NO_CONTENT = sse({"candidates": [{"index": 0}], "modelVersion": "gemini-2.5-flash"})
+THOUGHT = chunk({"text": "Thinking it over.", "thought": True})
+ERROR_IN_STREAM = sse(
+    {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
+)
+
+FILTERED_BY = ["SAFETY", "RECITATION", "LANGUAGE", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII"]
+FILTERED_BY += ["IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR"]
+FILTERED_BY += ["ESCALATION"]
+FAILED_BY = ["OTHER", "FINISH_REASON_UNSPECIFIED", "MALFORMED_FUNCTION_CALL"]
+FAILED_BY += ["UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS", "MALFORMED_RESPONSE"]
+FAILED_BY += ["MISSING_THOUGHT_SIGNATURE", "PUP_LIMITED_DISABLED", "IMAGE_OTHER", "NO_IMAGE"]
+BLOCKED_BY = ["SAFETY", "OTHER", "BLOCKLIST", "PROHIBITED_CONTENT", "IMAGE_SAFETY"]
+BLOCKED_BY += ["MODEL_ARMOR", "JAILBREAK", "BLOCKED_REASON_UNSPECIFIED"]
+
+CONFORMANCE = [
+    pytest.param([START, text("One"), text(", two"), END], "complete", "One, two", "", id="STOP"),
+    pytest.param(
+        [THOUGHT, USAGE_ONLY, NO_CONTENT, text("One"), THOUGHT, text(", two"), END],
+        "complete",
+        "One, two",
+        "",
+        id="chunks without text are skipped",
+    ),
+    pytest.param(
+        [START, text("One"), chunk({"text": ", tw"}, finish_reason="MAX_TOKENS")],
+        "truncated",
+        "One, tw",
+        CUT_AT_LENGTH,
+        id="MAX_TOKENS after text",
+    ),
+    pytest.param(
+        [THOUGHT, THOUGHT, sse({"candidates": [{"index": 0, "finishReason": "MAX_TOKENS"}]})],
+        "truncated",
+        "",
+        NO_TEXT_AT_LENGTH,
+        id="MAX_TOKENS spent thinking",
+    ),
+    pytest.param(
+        [START, text("One"), chunk({"text": ""}, finish_reason="CONTINUATION")],
+        "truncated",
+        "One",
+        CUT_AT_LENGTH,
+        id="CONTINUATION",
+    ),
+    *(
+        pytest.param(
+            [START, text("One"), chunk({"text": ""}, finish_reason=reason)],
+            "filtered",
+            "One",
+            FILTERED,
+            id=reason,
+        )
+        for reason in FILTERED_BY
+    ),
+    pytest.param(
+        [START, sse({"candidates": [{"index": 0, "finishReason": "SAFETY"}]})],
+        "filtered",
+        "",
+        FILTERED,
+        id="SAFETY, no text",
+    ),
+    *(
+        pytest.param(
+            [START, text("One"), chunk({"text": ""}, finish_reason=reason)],
+            "error",
+            "One",
+            CUT_OFF,
+            id=reason,
+        )
+        for reason in FAILED_BY
+    ),
+    *(
+        pytest.param([blocked(reason)], "filtered", "", BLOCKED, id=f"blockReason {reason}")
+        for reason in BLOCKED_BY
+    ),
+    pytest.param([START, END], "error", "", EMPTY, id="STOP without text"),
+    pytest.param(
+        [START, text("One"), chunk({"text": ""}, finish_reason="A_REASON_ADDED_LATER")],
+        "complete",
+        "One",
+        "",
+        id="unknown finishReason",
+    ),
+    pytest.param(
+        [START, text("One"), ERROR_IN_STREAM],
+        "error",
+        "One",
+        str(error_for_status(503)),
+        id="error object in stream",
+    ),
+    pytest.param([START, text("One")], "error", "One", CUT_OFF, id="no finishReason"),
+]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("wire", "status", "text", "message"), CONFORMANCE)
+async def test_each_way_a_stream_ends_is_stored_and_shown_as_the_table_says(
+    wire, status, text, message, user, conversation, connect, monkeypatch
+):
+    model = model_for(streaming(Body(wire)))
+
+    frames, stored = await reply_in_chat(model, user, conversation, connect, monkeypatch)
+
+    assert (stored.status, stored.content, stored.error) == (status, text, message)
+    assert (final_status(frames), live_text(frames)) == (status, text)
+    assert message in html.unescape(frames[-1])
+    assert ('name="action" value="retry"' in frames[-1]) == (status != "complete")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("ending", ["stop", "leave"])
+async def test_stop_or_leaving_while_the_provider_is_silent_ends_the_reply_and_hangs_up(
+    ending, user, conversation, connect, monkeypatch
+):
+    with SilentProvider(b"text/event-stream", START + text("One")) as provider:
+        model = GeminiChat(
+            api_key=API_KEY,
+            base_url=provider.url,
+            model="gemini-2.5-flash",
+            timeout=30,  # far longer than the test waits: only Stop can end the reply
+            max_output_tokens=256,
+            max_retries=0,
+        )
+
+        frames, stored, latency = await end_while_the_provider_is_silent(
+            ending, model, provider, user, conversation, connect, monkeypatch
+        )
+
+        assert (stored.status, stored.content) == ("stopped", "One")
+        assert live_text(frames) == "One"
+        assert provider.hung_up.wait(5)  # the upstream connection is closed
+    print(f"{ending} with a silent provider: the reply ended {latency * 1000:.0f} ms later")

@@ -15,7 +15,12 @@ import httpx2
 import pytest
 
 from chat.llm.base import (
+    BLOCKED,
+    CUT_AT_LENGTH,
     CUT_OFF,
+    EMPTY,
+    FILTERED,
+    NO_TEXT_AT_LENGTH,
     TIMED_OUT,
     UNREACHABLE,
     ChatMessage,
@@ -25,7 +30,14 @@ from chat.llm.base import (
 from chat.llm.openai_chat import OpenAIChat
 from chat.models import Message
 
-from .conftest import final_status, live_text, read_reply
+from .conftest import (
+    SilentProvider,
+    end_while_the_provider_is_silent,
+    final_status,
+    live_text,
+    read_reply,
+    reply_in_chat,
+)
 
 API_KEY = "sk-test-SECRET-123"
 SYSTEM = "You are terse."
@@ -40,18 +52,28 @@ def sse(chunk: dict) -> bytes:
     return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
-def event(content: str | None, finish_reason: str | None = None) -> bytes:
+def completion_chunk(*choices: dict, **fields) -> bytes:
     """One chunk of a Chat Completions stream, as the API sends it."""
-    delta = {} if content is None else {"content": content}
     return sse(
         {
             "id": "chatcmpl-1",
             "object": "chat.completion.chunk",
             "created": 1767225600,
             "model": "gpt-5-mini",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            "choices": list(choices),
+            **fields,
         }
     )
+
+
+def event(content: str | None, finish_reason: str | None = None) -> bytes:
+    delta = {} if content is None else {"content": content}
+    return completion_chunk({"index": 0, "delta": delta, "finish_reason": finish_reason})
+
+
+def finish(reason: str) -> list[bytes]:
+    """The end of a stream: the finish_reason chunk, the usage chunk and [DONE]."""
+    return [event(None, finish_reason=reason), *END[1:]]
 
 
 START = sse(
@@ -232,9 +254,9 @@ def test_streams_the_deltas_and_sends_prompt_history_model_and_limit():
 @pytest.mark.parametrize(
     ("status", "message"),
     [
-        (401, "The model provider rejected the API key. Check it in .env."),
-        (429, "The model provider is rate limiting us. Wait a moment, then retry."),
-        (500, "The model provider had a server error. Retry in a moment."),
+        (401, str(error_for_status(401))),
+        (429, str(error_for_status(429))),
+        (500, str(error_for_status(500))),
     ],
 )
 def test_an_error_status_becomes_a_message_without_the_key(status, message):
@@ -357,11 +379,13 @@ def test_from_settings_reads_the_llm_settings_and_shares_one_client(settings):
     settings.LLM_MODEL = "gpt-5-nano"
     settings.LLM_TIMEOUT = 7.5
     settings.LLM_MAX_OUTPUT_TOKENS = 100
+    settings.LLM_REASONING_EFFORT = "minimal"
 
     model = OpenAIChat.from_settings()
 
     assert (model.label, model.is_demo) == ("gpt-5-nano via OpenAI", False)
     assert (model.model, model.max_output_tokens) == ("gpt-5-nano", 100)
+    assert model.reasoning_effort == "minimal"
     assert model.client.api_key == API_KEY
     assert model.client.base_url == "https://llm.example.test/v1/"
     assert model.client.timeout == 7.5
@@ -443,6 +467,8 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
     assert final_status(failed) == "error"
     assert not any(API_KEY in frame for frame in failed)
     assert API_KEY not in stored.error
+    assert stored.detail  # what the provider said, for the operator
+    assert API_KEY not in stored.detail
     assert live_text(failed) == partial
     assert message in html.unescape(failed[-1])
     assert 'name="action" value="retry"' in failed[-1]
@@ -465,3 +491,165 @@ async def test_a_fault_in_the_chat_is_explained_kept_logged_and_can_be_retried(
         {"role": "user", "content": "Count to three"}
     ]
     assert not any(API_KEY in frame for frame in retried)
+
+
+# The conformance table: each way an OpenAI (or compatible) stream can end, as the bytes arrive,
+# and what the chat stores and shows for it. A quirk found later is one more row.
+# https://platform.openai.com/docs/api-reference/chat-streaming/streaming
+
+AZURE_PROMPT_FILTER = completion_chunk(  # Azure OpenAI sends its prompt verdict first
+    prompt_filter_results=[{"prompt_index": 0, "content_filter_results": {}}]
+)
+AZURE_ANNOTATION = completion_chunk(  # Azure's content-filter annotation: a choice with no delta
+    {"index": 0, "finish_reason": None, "content_filter_results": {"hate": {"filtered": False}}}
+)
+NULL_DELTA = completion_chunk({"index": 0, "delta": None, "finish_reason": None})
+REASONING = completion_chunk(  # vLLM, DeepSeek, OpenRouter: reasoning beside the content
+    {"index": 0, "delta": {"reasoning_content": "Let me count."}, "finish_reason": None}
+)
+ERROR_IN_STREAM = sse(
+    {
+        "error": {
+            "message": "The server had an error while processing your request.",
+            "type": "server_error",
+        }
+    }
+)
+PROMPT_FILTERED = {  # Azure OpenAI: the prompt is refused before any stream
+    "error": {
+        "message": "The response was filtered due to the prompt triggering content policy.",
+        "type": None,
+        "param": "prompt",
+        "code": "content_filter",
+        "status": 400,
+    }
+}
+
+CONFORMANCE = [
+    pytest.param(
+        [START, event("One"), event(", two"), *END], "complete", "One, two", "", id="stop"
+    ),
+    pytest.param(
+        [
+            AZURE_PROMPT_FILTER,
+            START,
+            event("One"),
+            AZURE_ANNOTATION,
+            NULL_DELTA,
+            REASONING,
+            event(", two"),
+            *END,
+        ],
+        "complete",
+        "One, two",
+        "",
+        id="chunks without text are skipped",
+    ),
+    pytest.param(
+        [START, event("One"), event(", two"), *finish("length")],
+        "truncated",
+        "One, two",
+        CUT_AT_LENGTH,
+        id="length after text",
+    ),
+    pytest.param(
+        [START, REASONING, *finish("length")],
+        "truncated",
+        "",
+        NO_TEXT_AT_LENGTH,
+        id="length spent on reasoning",
+    ),
+    pytest.param(
+        [START, event("One"), *finish("content_filter")],
+        "filtered",
+        "One",
+        FILTERED,
+        id="content_filter",
+    ),
+    pytest.param(
+        [START, event("One"), *finish("tool_calls")],
+        "complete",
+        "One",
+        "",
+        id="tool_calls",
+    ),
+    pytest.param(
+        [START, *finish("function_call")], "error", "", EMPTY, id="function_call, no text"
+    ),
+    pytest.param([START, *END], "error", "", EMPTY, id="stop without text"),
+    pytest.param(
+        [START, event("One"), *finish("a_reason_added_later")],
+        "complete",
+        "One",
+        "",
+        id="unknown finish_reason",
+    ),
+    pytest.param(
+        [START, event("One"), *finish("error")],
+        "error",
+        "One",
+        CUT_OFF,
+        id="error finish_reason",
+    ),
+    pytest.param(
+        [START, event("One"), ERROR_IN_STREAM],
+        "error",
+        "One",
+        CUT_OFF,
+        id="error object in stream",
+    ),
+    pytest.param(
+        [START, event("One"), b"data: [DONE]\n\n"],
+        "error",
+        "One",
+        CUT_OFF,
+        id="no finish_reason",
+    ),
+    pytest.param([START, event("One")], "error", "One", CUT_OFF, id="stream ends early"),
+    pytest.param((400, PROMPT_FILTERED), "filtered", "", BLOCKED, id="prompt filtered (Azure)"),
+]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("wire", "status", "text", "message"), CONFORMANCE)
+async def test_each_way_a_stream_ends_is_stored_and_shown_as_the_table_says(
+    wire, status, text, message, user, conversation, connect, monkeypatch
+):
+    if isinstance(wire, tuple):
+        server = Server(httpx2.Response(wire[0], json=wire[1]))
+    else:
+        server = streaming(Body(wire))
+
+    frames, stored = await reply_in_chat(
+        model_for(server), user, conversation, connect, monkeypatch
+    )
+
+    assert (stored.status, stored.content, stored.error) == (status, text, message)
+    assert (final_status(frames), live_text(frames)) == (status, text)
+    assert message in html.unescape(frames[-1])
+    assert ('name="action" value="retry"' in frames[-1]) == (status != "complete")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("ending", ["stop", "leave"])
+async def test_stop_or_leaving_while_the_provider_is_silent_ends_the_reply_and_hangs_up(
+    ending, user, conversation, connect, monkeypatch
+):
+    with SilentProvider(b"text/event-stream", START + event("One")) as provider:
+        model = OpenAIChat(
+            api_key=API_KEY,
+            base_url=f"{provider.url}/v1",
+            model="gpt-5-mini",
+            timeout=30,  # far longer than the test waits: only Stop can end the reply
+            max_output_tokens=256,
+            max_retries=0,
+        )
+
+        frames, stored, latency = await end_while_the_provider_is_silent(
+            ending, model, provider, user, conversation, connect, monkeypatch
+        )
+
+        assert (stored.status, stored.content) == ("stopped", "One")
+        assert live_text(frames) == "One"
+        assert provider.hung_up.wait(5)  # the upstream connection is closed
+    print(f"{ending} with a silent provider: the reply ended {latency * 1000:.0f} ms later")

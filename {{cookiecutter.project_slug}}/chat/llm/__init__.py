@@ -3,7 +3,7 @@ from django.conf import settings
 {% if cookiecutter.llm_provider == "anthropic" -%}
 from .anthropic_chat import AnthropicChat
 {% endif -%}
-from .base import ChatMessage, ChatModel, ProviderError
+from .base import ChatMessage, ChatModel, EndReason, IncompleteReply, ProviderError
 from .demo import DemoModel
 {%- if cookiecutter.llm_provider == "gemini" %}
 from .gemini_chat import GeminiChat
@@ -13,7 +13,14 @@ from .ollama_chat import OllamaChat
 from .openai_chat import OpenAIChat
 {%- endif %}
 
-__all__ = ["ChatMessage", "ChatModel", "ProviderError", "get_chat_model"]
+__all__ = [
+    "ChatMessage",
+    "ChatModel",
+    "EndReason",
+    "IncompleteReply",
+    "ProviderError",
+    "get_chat_model",
+]
 
 
 def get_chat_model() -> ChatModel:

@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import {% if cookiecutter.consumer == "async" %}AsyncIterator{% else %}Iterator{% endif %}
 
-from .base import ChatMessage
+from .base import ChatMessage{% if cookiecutter.consumer == "sync" %}, ReplyStream{% endif %}
 
 TOKEN = re.compile(r"\s*\S{1,4}|\s+")
 
@@ -53,7 +53,10 @@ class DemoModel:
             yield token
 {%- else %}
 
-    def stream(self, system: str, messages: list[ChatMessage]) -> Iterator[str]:
+    def stream(self, system: str, messages: list[ChatMessage]) -> ReplyStream:
+        return ReplyStream(lambda upstream: self.pieces(messages))
+
+    def pieces(self, messages: list[ChatMessage]) -> Iterator[str]:
         # Each token is due on a schedule, like a model's output: a busy server that falls
         # behind gets the late tokens at once rather than stretching the reply.
         start = time.monotonic()

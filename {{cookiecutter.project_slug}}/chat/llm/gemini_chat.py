@@ -23,7 +23,23 @@ from django.conf import settings
 from google import genai
 from google.genai import errors, types
 
-from .base import CUT_OFF, TIMED_OUT, UNREACHABLE, ChatMessage, ProviderError, error_for_status
+from .base import (
+    CUT_OFF,
+    TIMED_OUT,
+    UNREACHABLE,
+    ChatMessage,
+    EndReason,
+    ProviderError,
+{%- if cookiecutter.consumer == "sync" %}
+    ReplyStream,
+{%- endif %}
+    check_end,
+    describe,
+    error_for_status,
+{%- if cookiecutter.consumer == "sync" %}
+    on_response,
+{%- endif %}
+)
 {%- if cookiecutter.consumer == "async" %}
 
 # The SDK keeps a stream's HTTP response to itself, and a stream closed early leaves it open until
@@ -58,7 +74,7 @@ def make_client(
 {%- if cookiecutter.consumer == "async" %}
     client_args: dict[str, Any] = {"event_hooks": {"response": [note_response]}}
 {%- else %}
-    client_args: dict[str, Any] = {}
+    client_args: dict[str, Any] = {"event_hooks": {"response": [on_response]}}
 {%- endif %}
     if transport:  # without one, the SDK keeps a connection pool per event loop
         client_args["transport"] = transport
@@ -89,17 +105,99 @@ def shared_client(
     return make_client(api_key, base_url, timeout, max_retries)
 
 
-def provider_error(exc: Exception) -> ProviderError:
-    """What to tell the user about an error from the SDK or its HTTP client."""
+# finishReason of a candidate and promptFeedback.blockReason; any other finishReason, the model
+# ended on its own. https://ai.google.dev/api/generate-content#FinishReason
+FINISH_REASONS = {
+    "STOP": EndReason.FINISHED,
+    "MAX_TOKENS": EndReason.LENGTH,  # thinking tokens included
+    "CONTINUATION": EndReason.LENGTH,
+    "SAFETY": EndReason.FILTERED,
+    "RECITATION": EndReason.FILTERED,
+    "LANGUAGE": EndReason.FILTERED,
+    "BLOCKLIST": EndReason.FILTERED,
+    "PROHIBITED_CONTENT": EndReason.FILTERED,
+    "SPII": EndReason.FILTERED,
+    "IMAGE_SAFETY": EndReason.FILTERED,
+    "IMAGE_PROHIBITED_CONTENT": EndReason.FILTERED,
+    "IMAGE_RECITATION": EndReason.FILTERED,
+    "MODEL_ARMOR": EndReason.FILTERED,
+    "ESCALATION": EndReason.FILTERED,
+    "OTHER": EndReason.ERROR,
+    "FINISH_REASON_UNSPECIFIED": EndReason.ERROR,
+    "MALFORMED_FUNCTION_CALL": EndReason.ERROR,
+    "UNEXPECTED_TOOL_CALL": EndReason.ERROR,
+    "TOO_MANY_TOOL_CALLS": EndReason.ERROR,
+    "MALFORMED_RESPONSE": EndReason.ERROR,
+    "MISSING_THOUGHT_SIGNATURE": EndReason.ERROR,
+    "PUP_LIMITED_DISABLED": EndReason.ERROR,
+    "IMAGE_OTHER": EndReason.ERROR,
+    "NO_IMAGE": EndReason.ERROR,
+}
+
+
+def name_of(value: Any) -> str | None:
+    """An enum field's name as the API sends it, whether the SDK parsed it or kept the string."""
+    if value is None:
+        return None
+    return str(getattr(value, "value", value))
+
+
+def read_chunk(chunk: types.GenerateContentResponse) -> tuple[str, str | None, str | None]:
+    """The text a chunk adds to the reply, its finishReason, and the prompt's blockReason.
+
+    Thought parts, function calls, chunks without candidates or content (usage metadata) add no
+    text.
+    """
+    feedback = chunk.prompt_feedback
+    blocked = name_of(feedback.block_reason) if feedback else None
+    if not chunk.candidates:
+        return "", None, blocked
+    candidate = chunk.candidates[0]
+    parts = candidate.content.parts if candidate.content and candidate.content.parts else []
+    text = "".join(p.text for p in parts if isinstance(p.text, str) and not p.thought)
+    return text, name_of(candidate.finish_reason), blocked
+
+
+class Ending:
+    """What the chunks said about how the reply ends."""
+
+    def __init__(self) -> None:
+        self.finish_reason: str | None = None
+        self.block_reason: str | None = None
+        self.wrote_text = False
+
+    def note(self, chunk: types.GenerateContentResponse) -> str:
+        text, finish_reason, block_reason = read_chunk(chunk)
+        self.finish_reason = finish_reason or self.finish_reason
+        self.block_reason = block_reason or self.block_reason
+        self.wrote_text = self.wrote_text or bool(text)
+        return text
+
+    def check(self) -> None:
+        detail = f"finishReason={self.finish_reason!r} blockReason={self.block_reason!r}"
+        if self.block_reason:
+            check_end(EndReason.BLOCKED, wrote_text=self.wrote_text, detail=detail)
+        if self.finish_reason is None:
+            check_end(None, wrote_text=self.wrote_text, detail=detail)
+        reason = FINISH_REASONS.get(self.finish_reason, EndReason.FINISHED)
+        check_end(reason, wrote_text=self.wrote_text, detail=detail)
+
+
+def provider_error(exc: Exception, api_key: str) -> ProviderError:
+    """What to tell the user about an error from the SDK or its HTTP client.
+
+    An error object in the stream (sent with HTTP 200) is raised by the SDK as an APIError.
+    """
+    detail = describe(exc, api_key)
     if isinstance(exc, errors.APIError) and "API_KEY_INVALID" in str(exc.details):
-        return error_for_status(401)  # Gemini answers a wrong key with 400
+        return error_for_status(401, detail)  # Gemini answers a wrong key with 400
     if isinstance(exc, errors.APIError) and isinstance(exc.code, int) and exc.code >= 400:
-        return error_for_status(exc.code)
+        return error_for_status(exc.code, detail)
     if isinstance(exc, httpx2.TimeoutException):
-        return ProviderError(TIMED_OUT)
+        return ProviderError(TIMED_OUT, EndReason.ERROR, detail)
     if isinstance(exc, httpx2.ConnectError):
-        return ProviderError(UNREACHABLE)
-    return ProviderError(CUT_OFF)
+        return ProviderError(UNREACHABLE, EndReason.ERROR, detail)
+    return ProviderError(CUT_OFF, EndReason.ERROR, detail)
 
 
 class GeminiChat:
@@ -113,6 +211,7 @@ class GeminiChat:
         model: str,
         timeout: float,
         max_output_tokens: int,
+        thinking_budget: int | None = None,
         max_retries: int = 1,
 {%- if cookiecutter.consumer == "async" %}
         transport: httpx2.AsyncBaseTransport | None = None,
@@ -122,6 +221,8 @@ class GeminiChat:
     ) -> None:
         self.model = model
         self.max_output_tokens = max_output_tokens
+        self.thinking_budget = thinking_budget
+        self.api_key = api_key
         self.label = f"{model} via Gemini"
         if transport is None:
             self.client = shared_client(api_key, base_url, timeout, max_retries)
@@ -136,42 +237,57 @@ class GeminiChat:
             model=settings.LLM_MODEL,
             timeout=settings.LLM_TIMEOUT,
             max_output_tokens=settings.LLM_MAX_OUTPUT_TOKENS,
+            thinking_budget=settings.LLM_THINKING_BUDGET,
         )
 
     def config(self, system: str) -> types.GenerateContentConfig:
+        # https://ai.google.dev/gemini-api/docs/thinking#set-budget
+        thinking = (
+            None
+            if self.thinking_budget is None
+            else types.ThinkingConfig(thinking_budget=self.thinking_budget)
+        )
         return types.GenerateContentConfig(
             system_instruction=system,
             max_output_tokens=self.max_output_tokens,
+            thinking_config=thinking,
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         )
 {%- if cookiecutter.consumer == "async" %}
 
     async def stream(self, system: str, messages: list[ChatMessage]) -> AsyncIterator[str]:
+        ending = Ending()
         try:
             chunks = await self.client.aio.models.generate_content_stream(
                 model=self.model, contents=contents(messages), config=self.config(system)
             )
             async with aclosing(chunks):
                 async for chunk in chunks:
-                    if text := chunk.text:
+                    if text := ending.note(chunk):
                         yield text
-        except (errors.APIError, httpx2.TransportError, ValueError) as exc:
-            raise provider_error(exc) from exc
+        except (errors.APIError, httpx2.TransportError, ValueError, TypeError) as exc:
+            raise provider_error(exc, self.api_key) from exc
         finally:
             await close_responses()
+        ending.check()
 {%- else %}
 
-    def stream(self, system: str, messages: list[ChatMessage]) -> Iterator[str]:
+    def stream(self, system: str, messages: list[ChatMessage]) -> ReplyStream:
+        return ReplyStream(lambda upstream: self.pieces(system, messages))
+
+    def pieces(self, system: str, messages: list[ChatMessage]) -> Iterator[str]:
+        ending = Ending()
         try:
             chunks = self.client.models.generate_content_stream(
                 model=self.model, contents=contents(messages), config=self.config(system)
             )
             with closing(chunks):
                 for chunk in chunks:
-                    if text := chunk.text:
+                    if text := ending.note(chunk):
                         yield text
-        except (errors.APIError, httpx2.TransportError, ValueError) as exc:
-            raise provider_error(exc) from exc
+        except (errors.APIError, httpx2.TransportError, ValueError, TypeError) as exc:
+            raise provider_error(exc, self.api_key) from exc
+        ending.check()
 {%- endif %}
 
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from collections.abc import Iterator
 {%- endif %}
 from functools import lru_cache
-from typing import Self
+from typing import Any, Self
 
 import httpx2
 import openai
@@ -22,7 +22,21 @@ from openai import AsyncOpenAI
 from openai import OpenAI
 {%- endif %}
 
-from .base import CUT_OFF, TIMED_OUT, UNREACHABLE, ChatMessage, ProviderError, error_for_status
+from .base import (
+    BLOCKED,
+    CUT_OFF,
+    TIMED_OUT,
+    UNREACHABLE,
+    ChatMessage,
+    EndReason,
+    ProviderError,
+{%- if cookiecutter.consumer == "sync" %}
+    ReplyStream,
+{%- endif %}
+    check_end,
+    describe,
+    error_for_status,
+)
 {%- if cookiecutter.consumer == "async" %}
 
 
@@ -66,20 +80,37 @@ def shared_client(api_key: str, base_url: str | None, timeout: float, max_retrie
 {%- endif %}
 
 
-def request_error(exc: openai.APIError) -> ProviderError:
-    """What to tell the user when the request failed before the reply started."""
-    if isinstance(exc, openai.APIStatusError):
-        return error_for_status(exc.status_code)
-    if isinstance(exc, openai.APITimeoutError):
-        return ProviderError(TIMED_OUT)
-    return ProviderError(UNREACHABLE)
+# finish_reason of a Chat Completions choice; anything else the model ended on its own.
+# https://platform.openai.com/docs/api-reference/chat-streaming/streaming#chat-streaming/streaming-choices-finish_reason
+FINISH_REASONS = {
+    "stop": EndReason.FINISHED,
+    "length": EndReason.LENGTH,  # max_completion_tokens, reasoning tokens included
+    "content_filter": EndReason.FILTERED,
+    "tool_calls": EndReason.FINISHED,  # no tools are offered: what text came is the reply
+    "function_call": EndReason.FINISHED,
+    "error": EndReason.ERROR,  # sent by some compatible gateways (OpenRouter)
+}
 
 
-def reply_error(exc: Exception) -> ProviderError:
-    """What to tell the user when the reply broke off after it started."""
-    if isinstance(exc, openai.APITimeoutError):
-        return ProviderError(TIMED_OUT)
-    return ProviderError(CUT_OFF)
+def read_chunk(chunk: Any) -> tuple[str, str | None]:
+    """The text a chunk adds to the reply, and its finish_reason.
+
+    Compatible servers send chunks without choices (usage, Azure's prompt_filter_results), with a
+    null or missing delta (content-filter annotations), role-only deltas and reasoning deltas
+    (reasoning_content): none of them adds text, none is an error.
+    """
+    for choice in getattr(chunk, "choices", None) or ():
+        if getattr(choice, "index", 0) != 0:
+            continue
+        text = getattr(getattr(choice, "delta", None), "content", None)
+        return (text if isinstance(text, str) else ""), getattr(choice, "finish_reason", None)
+    return "", None
+
+
+def end_of(finish_reason: str | None) -> EndReason | None:
+    if finish_reason is None:
+        return None  # the stream ended without one: cut off
+    return FINISH_REASONS.get(finish_reason, EndReason.FINISHED)
 
 
 class OpenAIChat:
@@ -93,6 +124,7 @@ class OpenAIChat:
         model: str,
         timeout: float,
         max_output_tokens: int,
+        reasoning_effort: str = "",
         max_retries: int = 1,
 {%- if cookiecutter.consumer == "async" %}
         http_client: httpx2.AsyncClient | None = None,
@@ -102,6 +134,8 @@ class OpenAIChat:
     ) -> None:
         self.model = model
         self.max_output_tokens = max_output_tokens
+        self.reasoning_effort = reasoning_effort
+        self.api_key = api_key
         self.label = f"{model} via OpenAI"
         if http_client is None:
             self.client = shared_client(api_key, base_url, timeout, max_retries)
@@ -126,50 +160,89 @@ class OpenAIChat:
             model=settings.LLM_MODEL,
             timeout=settings.LLM_TIMEOUT,
             max_output_tokens=settings.LLM_MAX_OUTPUT_TOKENS,
+            reasoning_effort=settings.LLM_REASONING_EFFORT,
         )
 
+    def request(self, system: str, messages: list[ChatMessage]) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": system},
+                *({"role": m.role, "content": m.content} for m in messages),
+            ],
+            "max_completion_tokens": self.max_output_tokens,
+            "stream": True,
+        }
+        if self.reasoning_effort:  # reasoning models only; other models reject the field
+            options["reasoning_effort"] = self.reasoning_effort
+        return options
+
+    def request_error(self, exc: openai.APIError) -> ProviderError:
+        """What to tell the user when the request failed before the reply started."""
+        detail = describe(exc, self.api_key)
+        if isinstance(exc, openai.APIStatusError):
+            if exc.code == "content_filter":  # Azure OpenAI's filter on the prompt
+                return ProviderError(BLOCKED, EndReason.BLOCKED, detail)
+            return error_for_status(exc.status_code, detail)
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderError(TIMED_OUT, EndReason.ERROR, detail)
+        return ProviderError(UNREACHABLE, EndReason.ERROR, detail)
+
+    def reply_error(self, exc: Exception) -> ProviderError:
+        """What to tell the user when the reply broke off after it started.
+
+        An error object in the stream (sent with HTTP 200 by OpenAI and by gateways) ends up here.
+        """
+        detail = describe(exc, self.api_key)
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderError(TIMED_OUT, EndReason.ERROR, detail)
+        return ProviderError(CUT_OFF, EndReason.ERROR, detail)
 {%- if cookiecutter.consumer == "async" %}
 
     async def stream(self, system: str, messages: list[ChatMessage]) -> AsyncIterator[str]:
         try:
-            response = await self.client.chat.completions.create(
-                model=self.model,
-                messages=[
-                    {"role": "system", "content": system},
-                    *({"role": m.role, "content": m.content} for m in messages),
-                ],
-                max_completion_tokens=self.max_output_tokens,
-                stream=True,
-            )
+            response = await self.client.chat.completions.create(**self.request(system, messages))
         except openai.APIError as exc:
-            raise request_error(exc) from exc
+            raise self.request_error(exc) from exc
+        finish_reason, wrote_text = None, False
         async with response:
             try:
                 async for chunk in response:
-                    if chunk.choices and (text := chunk.choices[0].delta.content):
+                    text, finish = read_chunk(chunk)
+                    finish_reason = finish or finish_reason
+                    if text:
+                        wrote_text = True
                         yield text
-            except (openai.APIError, ValueError) as exc:
-                raise reply_error(exc) from exc
+            except (openai.APIError, ValueError, TypeError) as exc:
+                raise self.reply_error(exc) from exc
+        check_end(
+            end_of(finish_reason), wrote_text=wrote_text, detail=f"finish_reason={finish_reason!r}"
+        )
 {%- else %}
 
-    def stream(self, system: str, messages: list[ChatMessage]) -> Iterator[str]:
+    def stream(self, system: str, messages: list[ChatMessage]) -> ReplyStream:
+        return ReplyStream(lambda upstream: self.pieces(system, messages, upstream))
+
+    def pieces(
+        self, system: str, messages: list[ChatMessage], upstream: ReplyStream
+    ) -> Iterator[str]:
         try:
-            response = self.client.chat.completions.create(
-                model=self.model,
-                messages=[
-                    {"role": "system", "content": system},
-                    *({"role": m.role, "content": m.content} for m in messages),
-                ],
-                max_completion_tokens=self.max_output_tokens,
-                stream=True,
-            )
+            response = self.client.chat.completions.create(**self.request(system, messages))
         except openai.APIError as exc:
-            raise request_error(exc) from exc
+            raise self.request_error(exc) from exc
+        upstream.opened(response.response)
+        finish_reason, wrote_text = None, False
         with response:
             try:
                 for chunk in response:
-                    if chunk.choices and (text := chunk.choices[0].delta.content):
+                    text, finish = read_chunk(chunk)
+                    finish_reason = finish or finish_reason
+                    if text:
+                        wrote_text = True
                         yield text
-            except (openai.APIError, ValueError) as exc:
-                raise reply_error(exc) from exc
+            except (openai.APIError, ValueError, TypeError) as exc:
+                raise self.reply_error(exc) from exc
+        check_end(
+            end_of(finish_reason), wrote_text=wrote_text, detail=f"finish_reason={finish_reason!r}"
+        )
 {%- endif %}

@@ -1,0 +1,82 @@
+"""Jinja filters that write a user's answer as data in the language of the file it lands in.
+
+Loaded by cookiecutter through ``_extensions`` in cookiecutter.json (the template's directory
+is on sys.path while it renders; cruft does the same). A project name or description may hold
+anything a person can type: quotes, backslashes, newlines, non-ASCII, ``{{``. Each filter
+returns text that the target file's parser reads back as exactly that value (or, for prose,
+as that text on one line), so no answer can break a generated file.
+
+Jinja's own ``tojson`` is not enough: it writes characters outside the Basic Multilingual
+Plane as UTF-16 surrogate pairs (``"\\ud83d\\ude00"``), which TOML rejects and Python reads
+as two lone surrogates instead of one character.
+"""
+
+from __future__ import annotations
+
+import re
+
+from jinja2.ext import Extension
+
+# TOML basic strings: these characters must be escaped, every other one may appear as is.
+# https://toml.io/en/v1.0.0#string
+_TOML_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def toml_string(value: object) -> str:
+    """A TOML basic string (with its quotes) that reads back as ``str(value)``."""
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        return _TOML_ESCAPES.get(char) or f"\\u{ord(char):04X}"
+
+    return '"' + re.sub(r'["\\\x00-\x1f\x7f]', escape, str(value)) + '"'
+
+
+def python_string(value: object) -> str:
+    """A Python string literal that reads back as ``str(value)``.
+
+    Quotes are chosen the way ruff format (and Black) would: double quotes unless the text
+    holds more double than single quotes, so ``ruff format --check`` accepts the result.
+    https://docs.astral.sh/ruff/settings/#format_quote-style
+    """
+    text = str(value)
+    quote = "'" if text.count('"') > text.count("'") else '"'
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        if char in {"\\", quote}:
+            return "\\" + char
+        return {"\t": "\\t", "\n": "\\n", "\r": "\\r"}.get(char) or f"\\x{ord(char):02x}"
+
+    return quote + re.sub(rf"[\\{quote}\x00-\x1f\x7f]", escape, text) + quote
+
+
+# Every ASCII punctuation character may be backslash-escaped in CommonMark; these are the
+# ones that can start markup inside a line (emphasis, code, links, HTML, entities, tables).
+# https://spec.commonmark.org/0.31.2/#backslash-escapes
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>&|~#!{}])")
+
+
+def markdown_text(value: object) -> str:
+    """``str(value)`` as literal Markdown text on one line (whitespace runs become a space)."""
+    one_line = " ".join(str(value).split())
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
+
+
+class UserValueFilters(Extension):
+    """Registers toml_string, python_string and markdown_text."""
+
+    def __init__(self, environment):
+        super().__init__(environment)
+        environment.filters["toml_string"] = toml_string
+        environment.filters["python_string"] = python_string
+        environment.filters["markdown_text"] = markdown_text

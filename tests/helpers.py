@@ -247,7 +247,8 @@ def project_env(redis_url: str | None = None) -> dict[str, str]:
     env["UV_PYTHON_DOWNLOADS"] = "never"
     env["NO_COLOR"] = "1"
     # uv on PATH: the project's mypy pre-commit hook runs `uv run`, as on a developer's machine.
-    env["PATH"] = os.pathsep.join([str(Path(uv_bin()).parent), env.get("PATH", os.defpath)])
+    # Appended, so that it adds uv and shadows nothing.
+    env["PATH"] = os.pathsep.join([env.get("PATH", os.defpath), str(Path(uv_bin()).parent)])
     python = generated_python()
     if python:
         env["UV_PYTHON"] = python

@@ -108,6 +108,9 @@ def test_readme_quick_start_generates_and_serves_the_default_project(tmp_path: P
         )
     try:
         page = wait_for_page(f"http://127.0.0.1:{port}/accounts/login/", shell, log_path)
+        stylesheet = re.search(r'href="(/static/[^"]+\.css)"', page)
+        assert stylesheet, page
+        css = wait_for_page(f"http://127.0.0.1:{port}{stylesheet.group(1)}", shell, log_path)
     finally:
         stop(shell)
 
@@ -117,6 +120,7 @@ def test_readme_quick_start_generates_and_serves_the_default_project(tmp_path: P
     venv_python = os.path.realpath(project / ".venv" / "bin" / "python")
     assert "3.13" in venv_python, f"uv picked {venv_python}, not .python-version's 3.13"
     assert "<title>" in page and "Chat Project" in page
+    assert "{" in css, "the development server did not serve the stylesheet"
 
 
 def wait_for_page(url: str, shell: subprocess.Popen, log_path: Path) -> str:
@@ -128,7 +132,9 @@ def wait_for_page(url: str, shell: subprocess.Popen, log_path: Path) -> str:
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 return response.read().decode()
-        except (urllib.error.URLError, OSError):
+        except urllib.error.HTTPError as error:  # the server answers, wrongly
+            pytest.fail(f"{url}: HTTP {error.code}\n{log_path.read_text()[-6000:]}", pytrace=False)
+        except (urllib.error.URLError, OSError):  # not listening yet
             time.sleep(0.5)
     pytest.fail(f"no answer from {url}:\n{log_path.read_text()[-6000:]}", pytrace=False)
 

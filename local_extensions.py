@@ -13,9 +13,12 @@ as two lone surrogates instead of one character.
 
 from __future__ import annotations
 
+import keyword
 import re
+import sys
 
 from jinja2.ext import Extension
+from slugify import slugify
 
 # TOML basic strings: these characters must be escaped, every other one may appear as is.
 # https://toml.io/en/v1.0.0#string
@@ -72,11 +75,36 @@ def markdown_text(value: object) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
 
 
+# Names a project package must not take: what the generated project imports (the
+# pre-generation hook refuses them with the reason; keep the two lists in step).
+_TAKEN = {
+    "anthropic", "asgiref", "channels", "channels_redis", "daphne", "django",
+    "django_htmx", "google", "httpx", "markdown_it", "nh3", "ollama", "openai",
+    "pytest", "redis", "test", "tests", "uvicorn", "websockets",
+}  # fmt: skip
+
+
+def package_name(value: object) -> str:
+    """The default project_slug: ``str(value)`` as a Python package name that always works.
+
+    Transliterated to ASCII and joined with underscores by python-slugify (as cookiecutter's
+    own ``slugify`` filter does): "Zoë's Chat" gives ``zoe_s_chat``. A name that would still
+    be refused gets a word added: ``project_123`` for "123", ``json_project`` for "JSON".
+    """
+    name = slugify(str(value), separator="_") or "project"
+    if name[0].isdigit():
+        name = f"project_{name}"
+    if keyword.iskeyword(name) or name in _TAKEN or name in sys.stdlib_module_names:
+        name = f"{name}_project"
+    return name
+
+
 class UserValueFilters(Extension):
-    """Registers toml_string, python_string and markdown_text."""
+    """Registers toml_string, python_string, markdown_text and package_name."""
 
     def __init__(self, environment):
         super().__init__(environment)
+        environment.filters["package_name"] = package_name
         environment.filters["toml_string"] = toml_string
         environment.filters["python_string"] = python_string
         environment.filters["markdown_text"] = markdown_text

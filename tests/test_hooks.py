@@ -35,10 +35,21 @@ def test_bad_slug_is_rejected_with_its_reason_and_nothing_is_left_behind(
     assert list(tmp_path.iterdir()) == [], "a rejected project must not be left on disk"
 
 
-def test_default_slug_transliterates_a_non_ascii_project_name(generate, tmp_path: Path) -> None:
-    project = generate(tmp_path, project_name="Zoë's Chat")
+@pytest.mark.parametrize(
+    ("project_name", "slug"),
+    [
+        pytest.param("Zoë's Chat", "zoe_s_chat", id="non-ascii-and-apostrophe"),
+        pytest.param("123 Chat", "project_123_chat", id="leading-digit"),
+        pytest.param("JSON", "json_project", id="stdlib-name"),
+        pytest.param("Django", "django_project", id="dependency-name"),
+    ],
+)
+def test_default_slug_from_any_project_name_is_accepted(
+    generate, tmp_path: Path, project_name: str, slug: str
+) -> None:
+    project = generate(tmp_path, project_name=project_name)
 
-    assert project == tmp_path / "zoe_s_chat"
+    assert project == tmp_path / slug
 
 
 def test_bad_email_is_rejected_with_its_reason(

@@ -31,7 +31,7 @@ _TOML_ESCAPES = {
     "\f": "\\f",
     "\r": "\\r",
 }
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOML_SPECIAL = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
 def toml_string(value: object) -> str:
@@ -41,7 +41,7 @@ def toml_string(value: object) -> str:
         char = match.group()
         return _TOML_ESCAPES.get(char) or f"\\u{ord(char):04X}"
 
-    return '"' + re.sub(r'["\\\x00-\x1f\x7f]', escape, str(value)) + '"'
+    return '"' + _TOML_SPECIAL.sub(escape, str(value)) + '"'
 
 
 def python_string(value: object) -> str:

@@ -196,6 +196,8 @@ def prepare(variant: Variant, runs: list[int], work: Path, args: argparse.Namesp
         postgres(args, python, f'CREATE DATABASE "{variant.database}"')
         variant.database_created = True
     run_checked([python, "manage.py", "migrate", "-v0"], variant.dir, env)
+    # Production settings serve static files by their hashed names from collectstatic's manifest.
+    run_checked([python, "manage.py", "collectstatic", "--no-input", "-v0"], variant.dir, env)
     plans = work / variant.name / "plans"
     run_checked(
         [

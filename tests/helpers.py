@@ -35,20 +35,33 @@ PROVIDER_SDKS = {
 }
 
 
+# Text answers that have broken generated files in other templates: quotes of both kinds,
+# backslashes, newlines and tabs, non-ASCII (outside the BMP too), HTML, Markdown, TOML and
+# shell syntax, and Jinja's own delimiters. One matrix combination is generated with them.
+HOSTILE_ANSWERS = {
+    "project_name": 'Zoë\'s "Chat" \\ {{ x }} {% y %} <b>&amp;</b> 😀',
+    "description": 'Line one "quoted" \\n\nline two\t# not a comment\n[x](y) *z* {% raw %} $HOME `',
+    "author_name": 'O\'Brien "Bob" \\ Zoë <script>',
+    "email": "o'brien+chat@example.org",
+}
+
+
 @dataclass(frozen=True)
 class Combo:
-    """One combination of the template's choice variables."""
+    """One combination of the template's choice variables (and, for one, hostile answers)."""
 
     index: int
     consumer: str
     channel_layer: str
     llm_provider: str
+    hostile: bool = False
 
     @property
     def id(self) -> str:
         # e.g. "async-redis-openai". Select one combination with -k "[sync-redis-openai]":
         # with the brackets, "sync-..." no longer also matches "async-...".
-        return f"{self.consumer}-{self.channel_layer}-{self.llm_provider}"
+        suffix = "-hostile" if self.hostile else ""
+        return f"{self.consumer}-{self.channel_layer}-{self.llm_provider}{suffix}"
 
     @property
     def context(self) -> dict[str, str]:
@@ -57,6 +70,11 @@ class Combo:
             "channel_layer": self.channel_layer,
             "llm_provider": self.llm_provider,
         }
+
+    @property
+    def answers(self) -> dict[str, str]:
+        """The text answers this combination is generated with (the defaults: none)."""
+        return dict(HOSTILE_ANSWERS) if self.hostile else {}
 
     @property
     def redis(self) -> bool:
@@ -73,6 +91,16 @@ COMBOS = [
         )
     )
 ]
+# The 17th: the default options, with every text answer hostile.
+COMBOS.append(
+    Combo(
+        len(COMBOS),
+        TEMPLATE_OPTIONS["consumer"][0],
+        TEMPLATE_OPTIONS["channel_layer"][0],
+        TEMPLATE_OPTIONS["llm_provider"][0],
+        hostile=True,
+    )
+)
 
 
 @functools.cache
@@ -110,9 +138,55 @@ def generate_project(output_dir: Path, config_file: Path, **extra_context: str) 
     )
 
 
+@functools.cache
+def template_git_repo() -> Path:
+    """The shippable template committed to a local git repository, as cruft needs it.
+
+    cruft records the template's URL and commit in .cruft.json and clones the template again
+    to check or update a project; a local path is a git URL that works offline.
+    """
+    repo = Path(tempfile.mkdtemp(prefix="template-repo-")) / TEMPLATE_DIR.name
+    shutil.copytree(shippable_template(), repo)
+    git = ["git", "-c", "user.name=Template tests", "-c", "user.email=tests@example.com"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "template"]):
+        subprocess.run([*git, *command], cwd=repo, check=True, capture_output=True)
+    return repo
+
+
+def as_typed(answer: str) -> str:
+    """An answer that cookiecutter's --no-input/extra_context path takes verbatim.
+
+    cookiecutter renders those values as Jinja (unlike answers typed at its prompts), so a
+    value holding "{%" would not even reach the template; Jinja's raw block passes it intact.
+    """
+    return "{% raw %}" + answer + "{% endraw %}"
+
+
+def generate_with_cruft(output_dir: Path, config_file: Path, combo: Combo) -> Path:
+    """Generate a combination the way a project that wants template updates starts: cruft."""
+    from cruft import create
+
+    context = combo.context | {name: as_typed(value) for name, value in combo.answers.items()}
+    return create(
+        str(template_git_repo()),
+        output_dir=output_dir,
+        config_file=config_file,
+        extra_context=context,
+        no_input=True,
+    )
+
+
 # These directories are made by the tools the suite runs, not by the template.
-TOOL_DIRS = {".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "node_modules"}
-TOOL_FILES = {"uv.lock"}
+TOOL_DIRS = {
+    ".git",
+    ".venv",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+    "node_modules",
+}
+TOOL_FILES = {"uv.lock", ".cruft.json"}
 
 
 def project_files(project: Path) -> list[Path]:
@@ -172,6 +246,9 @@ def project_env(redis_url: str | None = None) -> dict[str, str]:
     }
     env["UV_PYTHON_DOWNLOADS"] = "never"
     env["NO_COLOR"] = "1"
+    # uv on PATH: the project's mypy pre-commit hook runs `uv run`, as on a developer's machine.
+    # Appended, so that it adds uv and shadows nothing.
+    env["PATH"] = os.pathsep.join([env.get("PATH", os.defpath), str(Path(uv_bin()).parent)])
     python = generated_python()
     if python:
         env["UV_PYTHON"] = python

@@ -1,4 +1,4 @@
-"""The pre-generation hook's slug check and the post-generation hook's .env file."""
+"""The hooks: the slug and e-mail checks, the default slug, .env, git and uv.lock."""
 
 from __future__ import annotations
 
@@ -31,7 +31,45 @@ def test_bad_slug_is_rejected_with_its_reason_and_nothing_is_left_behind(
     # The hook runs in a subprocess that inherits the test's stderr file descriptor.
     stderr = capfd.readouterr().err
     assert f"ERROR: project_slug {slug!r} {reason}" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
     assert list(tmp_path.iterdir()) == [], "a rejected project must not be left on disk"
+
+
+@pytest.mark.parametrize(
+    ("project_name", "slug"),
+    [
+        pytest.param("Zoë's Chat", "zoe_s_chat", id="non-ascii-and-apostrophe"),
+        pytest.param("123 Chat", "project_123_chat", id="leading-digit"),
+        pytest.param("JSON", "json_project", id="stdlib-name"),
+        pytest.param("Django", "django_project", id="dependency-name"),
+    ],
+)
+def test_default_slug_from_any_project_name_is_accepted(
+    generate, tmp_path: Path, project_name: str, slug: str
+) -> None:
+    project = generate(tmp_path, project_name=project_name)
+
+    assert project == tmp_path / slug
+
+
+def test_bad_email_is_rejected_with_its_reason(
+    generate, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(FailedHookException):
+        generate(tmp_path, email="not an address")
+
+    stderr = capfd.readouterr().err
+    assert "ERROR: email 'not an address' is not an e-mail address" in stderr, stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_project_starts_as_a_git_repository_with_a_uv_lock(generate, tmp_path: Path) -> None:
+    project = generate(tmp_path)
+
+    assert (project / ".git").is_dir()
+    lock = (project / "uv.lock").read_text()
+    assert 'name = "chat-project"' in lock  # the project itself, normalized
+    assert 'name = "django"' in lock
 
 
 def test_good_slug_generates_a_project_named_after_it(generate, tmp_path: Path) -> None:

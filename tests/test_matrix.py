@@ -9,10 +9,19 @@ generated project's own tools say about it. Select one combination with, for exa
 
 from __future__ import annotations
 
+import html
+import http.client
+import json
 import os
 import re
+import secrets
+import shlex
 import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -23,9 +32,10 @@ from helpers import (
     COMBOS,
     PROVIDER_SDKS,
     TEMPLATE_DIR,
+    TEMPLATE_OPTIONS,
     Combo,
     assert_succeeds,
-    generate_project,
+    generate_with_cruft,
     project_env,
     project_files,
     redis_unreachable_reason,
@@ -88,6 +98,40 @@ def _texts(project: Path) -> dict[str, str]:
     return texts
 
 
+# Run with the generated project's own Python: what its README, settings and login page make
+# of the text answers, as the tools that read them see it (markdown-it is a dependency).
+READ_BACK_ANSWERS = """
+import json, os
+import django
+from markdown_it import MarkdownIt
+
+os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
+django.setup()
+from django.conf import settings
+from django.test import Client
+from django.urls import reverse
+
+tokens = MarkdownIt().parse(open("README.md", encoding="utf-8").read())
+blocks = [
+    "".join(child.content for child in token.children if child.type == "text")
+    for token in tokens
+    if token.type == "inline"
+]
+page = Client(HTTP_HOST="localhost").get(reverse(settings.LOGIN_URL))
+print(json.dumps({
+    "settings": settings.PROJECT_NAME,
+    "readme": blocks[:2],
+    "page": page.content.decode(),
+}))
+"""
+
+
+def _answers(combo: Combo) -> dict[str, str]:
+    """The text answers the combination was generated with (cookiecutter.json's defaults)."""
+    names = ("project_name", "description", "author_name", "email")
+    return {name: TEMPLATE_OPTIONS[name] for name in names} | combo.answers
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -100,9 +144,9 @@ def combo(request: pytest.FixtureRequest) -> Combo:
 def project(
     combo: Combo, tmp_path_factory: pytest.TempPathFactory, cookiecutter_config: Path
 ) -> Iterator[Path]:
-    """The project generated for this combination; removed when its tests are done."""
+    """The project generated for this combination with cruft; removed after its tests."""
     output_dir = tmp_path_factory.mktemp(combo.id)
-    generated = generate_project(output_dir, cookiecutter_config, **combo.context)
+    generated = generate_with_cruft(output_dir, cookiecutter_config, combo)
     yield generated
     shutil.rmtree(output_dir, ignore_errors=True)
 
@@ -121,8 +165,12 @@ def env(combo: Combo) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def synced(project: Path, env: dict[str, str]) -> Path:
-    """The generated project after `uv sync` made its own .venv with the dev group."""
-    assert_succeeds([uv_bin(), "sync"], project, env)
+    """The generated project after `uv sync --locked` made its .venv with the dev group.
+
+    --locked: the uv.lock the post-generation hook wrote must match pyproject.toml.
+    """
+    assert (project / "uv.lock").is_file(), "the post-generation hook wrote no uv.lock"
+    assert_succeeds([uv_bin(), "sync", "--locked"], project, env)
     return project
 
 
@@ -206,6 +254,14 @@ def test_mentions_channels_redis_and_redis_url_only_with_the_redis_layer(
         assert not (project / "tests" / "test_redis_layer.py").exists()
 
 
+def test_text_answers_read_back_intact_from_pyproject(project: Path, combo: Combo) -> None:
+    answers = _answers(combo)
+    metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+
+    assert metadata["description"] == answers["description"]
+    assert metadata["authors"] == [{"name": answers["author_name"], "email": answers["email"]}]
+
+
 def test_passes_ruff_lint(project: Path) -> None:
     assert_succeeds([sys.executable, "-m", "ruff", "check", "--no-cache", "."], project)
 
@@ -223,6 +279,20 @@ def test_installs_with_uv_sync_including_the_dev_group(synced: Path) -> None:
     venv_bin = synced / ".venv" / "bin"
     assert (venv_bin / "python").exists()
     assert (venv_bin / "pytest").exists(), "the dev dependency group was not installed"
+
+
+def test_text_answers_read_back_intact_from_settings_readme_and_pages(
+    synced: Path, env: dict[str, str], combo: Combo
+) -> None:
+    """The project name as Python data, one line of Markdown text, and escaped HTML."""
+    answers = _answers(combo)
+    result = assert_succeeds([uv_bin(), "run", "python", "-c", READ_BACK_ANSWERS], synced, env)
+    seen = json.loads(result.output.strip().splitlines()[-1])
+
+    assert seen["settings"] == answers["project_name"]
+    one_line = [" ".join(answers[name].split()) for name in ("project_name", "description")]
+    assert seen["readme"] == one_line
+    assert html.escape(answers["project_name"]) in seen["page"]
 
 
 def test_django_system_check_passes(synced: Path, env: dict[str, str]) -> None:
@@ -274,3 +344,159 @@ def test_generated_projects_browser_tests_pass(
         pytest.fail(f"{result.describe()}\nscreenshots, pages and logs: {kept}", pytrace=False)
     assert re.search(r"\b\d+ passed\b", result.output), result.describe()
     assert not re.search(r"\b\d+ (skipped|xfailed)\b", result.output), result.describe()
+
+
+# --------------------------------------------------------------------------- conventions
+
+# Hooks that must have run on files (not "(no files to check) Skipped").
+HOOKS_THAT_MUST_RUN = [
+    "ruff check",
+    "ruff format",
+    "mypy",
+    "djLint",
+    "django-upgrade",
+    "check yaml",
+    "check toml",
+    "hadolint (Dockerfile)",
+    "GitHub workflows (JSON schema)",
+    "compose file (JSON schema)",
+]
+
+
+def test_pre_commit_hooks_pass_on_every_file(synced: Path, env: dict[str, str]) -> None:
+    """Its own .pre-commit-config.yaml, hooks from PyPI: lint, types, templates, CI, Docker."""
+    assert (synced / ".git").is_dir(), "the post-generation hook started no git repository"
+    assert_succeeds(["git", "add", "--all"], synced, env)
+    command = ["pre-commit", "run", "--all-files", "--show-diff-on-failure", "--color=never"]
+    result = assert_succeeds([uv_bin(), "run", "--locked", *command], synced, env)
+
+    outcomes = dict(
+        re.findall(r"^(\S.*?)\.{3,}(?:\(no files to check\))?(\w+)$", result.output, re.MULTILINE)
+    )
+    not_run = {
+        hook: outcomes.get(hook) for hook in HOOKS_THAT_MUST_RUN if outcomes.get(hook) != "Passed"
+    }
+    assert not_run == {}, result.describe()
+
+
+def test_cruft_check_finds_the_project_up_to_date_with_its_answers(
+    project: Path, combo: Combo
+) -> None:
+    """The update path: .cruft.json names the template's commit and the answers given."""
+    from cruft import check
+
+    state = json.loads((project / ".cruft.json").read_text())
+    recorded = state["context"]["cookiecutter"]
+    assert {name: recorded[name] for name in _answers(combo)} == _answers(combo)
+    assert check(project), "cruft check: the project is not at the template's last commit"
+
+
+def _dockerfile_instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the final stage, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    instructions = [
+        tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")
+    ]
+    return [(name.upper(), rest) for name, rest in instructions]
+
+
+def _http_get(port: int, path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", path, headers={"Host": "localhost", **headers})
+    response = connection.getresponse()
+    response.body = response.read()  # type: ignore[attr-defined]
+    connection.close()
+    return response
+
+
+def test_container_commands_serve_production_settings_outside_docker(
+    synced: Path, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The Dockerfile's collectstatic, compose's migrate and the image's CMD, run here.
+
+    Docker cannot run on the test machines: this runs the same command lines in the
+    project's venv (the image's PATH), with the image's ENV, a SQLite database of its own and
+    the request headers a TLS-terminating proxy adds.
+    """
+    import yaml  # cookiecutter's own dependency
+
+    instructions = _dockerfile_instructions(synced / "Dockerfile")
+    stages = [i for i, (name, _) in enumerate(instructions) if name == "FROM"]
+    assert len(stages) == 2, "expected a build stage and a run stage"
+    build, final = instructions[: stages[1]], instructions[stages[1] :]
+    collectstatic = next(rest for name, rest in build if name == "RUN" and "collectstatic" in rest)
+    cmd = json.loads(next(rest for name, rest in final if name == "CMD"))
+    image_env = {}
+    for name, rest in final:
+        if name == "ENV":
+            image_env |= dict(item.split("=", 1) for item in shlex.split(rest))
+    assert image_env.get("DJANGO_DEBUG") == "false"
+    assert any(name == "USER" and rest.split(":")[0] != "0" for name, rest in final), "runs as root"
+    compose = yaml.safe_load((synced / "compose.yaml").read_text())
+    migrate = compose["services"]["migrate"]["command"]
+
+    work = tmp_path_factory.mktemp("container")
+    venv_bin = str(synced / ".venv" / "bin")
+    port = _free_port()
+    run_env = env | {
+        "PATH": venv_bin + os.pathsep + env["PATH"],
+        "DJANGO_DEBUG": image_env["DJANGO_DEBUG"],
+        "PYTHONUNBUFFERED": "1",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": "localhost",
+        "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
+    }
+    static_root = synced / "staticfiles"
+    shutil.rmtree(static_root, ignore_errors=True)
+    build_command = collectstatic.replace("/app/", f"{synced}/")
+    assert_succeeds(["bash", "-c", build_command], synced, run_env)
+    assert_succeeds(migrate, synced, run_env)
+
+    server_cmd = [str(port) if arg == "8000" else arg for arg in cmd]
+    assert server_cmd != cmd, f"CMD does not serve on port 8000: {cmd}"
+    log_path = work / "server.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            server_cmd, cwd=synced, env=run_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        proxied = {"X-Forwarded-Proto": "https"}
+        page = _wait_for(port, "/accounts/login/", proxied, server, log_path)
+        stylesheet = re.search(r'href="(/static/chat/chat\.[0-9a-f]{12}\.css)"', page)
+        assert stylesheet, f"no hashed stylesheet URL in the page:\n{page[:2000]}"
+        static = _http_get(port, stylesheet.group(1), proxied)
+        plain = _http_get(port, "/accounts/login/", {})
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        shutil.rmtree(static_root, ignore_errors=True)
+
+    assert static.status == 200
+    assert "immutable" in (static.getheader("Cache-Control") or "")
+    assert plain.status == 301 and plain.getheader("Location", "").startswith("https://")
+    log = log_path.read_text()
+    assert "must consume synchronous iterators" not in log, log
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for(
+    port: int, path: str, headers: dict[str, str], server: subprocess.Popen, log_path: Path
+) -> str:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the server exited:\n{log_path.read_text()}", pytrace=False)
+        try:
+            response = _http_get(port, path, headers)
+        except OSError:
+            time.sleep(0.2)
+            continue
+        assert response.status == 200, f"{path}: {response.status}\n{log_path.read_text()}"
+        return response.body.decode()  # type: ignore[attr-defined]
+    pytest.fail(f"the server did not answer in 120 s:\n{log_path.read_text()}", pytrace=False)

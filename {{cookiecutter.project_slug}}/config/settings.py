@@ -26,13 +26,12 @@ def env_list(name: str, default: str) -> list[str]:
 
 # Core
 # https://docs.djangoproject.com/en/6.1/ref/settings/#core-settings
-PROJECT_NAME = {{ cookiecutter.project_name | tojson }}
+PROJECT_NAME = {{ cookiecutter.project_name | python_string }}
 DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = os.environ["DJANGO_SECRET_KEY"]
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
-DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 INSTALLED_APPS = [
     "daphne",
@@ -52,7 +51,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -182,11 +181,25 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
-# Static files, served by WhiteNoise (run collectstatic before deploying)
-# https://whitenoise.readthedocs.io/en/stable/django.html
-# https://docs.djangoproject.com/en/6.1/howto/static-files/
+# Static files, served by ServeStatic: WhiteNoise's ASGI-native successor, which serves files
+# without Django's per-response "StreamingHttpResponse must consume synchronous iterators"
+# warning (bench/static_files.py in the template). In production, collectstatic writes
+# compressed copies with content-hashed names (cached for a year); in development the apps'
+# files are served as they are.
+# https://archmonger.github.io/ServeStatic/latest/django-settings/
+# https://docs.djangoproject.com/en/6.1/ref/contrib/staticfiles/#manifeststaticfilesstorage
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "servestatic.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
 
 # Channels: the layer carries presence and coalesced updates between connections
 # https://channels.readthedocs.io/en/latest/topics/channel_layers.html

@@ -59,8 +59,7 @@ from config.settings import *  # noqa: F403
 # Always the offline demo model, whatever provider .env configures.
 LLM_API_KEY = ""
 LLM_BASE_URL = None
-# WhiteNoise serves the apps' static files where they are, without a collectstatic run.
-WHITENOISE_USE_FINDERS = True
+# collectstatic's output, as in production (hashed names from its manifest): see migrate().
 STATIC_ROOT = {static_root!r}
 # Test accounts only: a fast hasher, so that signing up takes no noticeable time.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -131,18 +130,21 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def migrate(self) -> None:
-        result = subprocess.run(  # noqa: S603
-            [sys.executable, "manage.py", "migrate", "--no-input", "--verbosity=0"],
-            cwd=PROJECT_DIR,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode:
-            pytest.fail(f"manage.py migrate failed:\n{result.stdout}{result.stderr}", pytrace=False)
+        """What a deploy does before starting the server: migrate and collectstatic."""
+        for command in ("migrate", "collectstatic"):
+            result = subprocess.run(  # noqa: S603
+                [sys.executable, "manage.py", command, "--no-input", "--verbosity=0"],
+                cwd=PROJECT_DIR,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            if result.returncode:
+                output = f"{result.stdout}{result.stderr}"
+                pytest.fail(f"manage.py {command} failed:\n{output}", pytrace=False)
 
     def start(self) -> None:
         assert self.process is None, "the server is already running"

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from . import fragments, limits, services
 from .fanout import Fanout
-from .frames import FrameError, parse_frame
+from .frames import FrameError, parse_frame, storable_text
 from .llm import ProviderError, get_chat_model
 from .models import Message
 from .streaming import Every, FrameBuffer
@@ -59,6 +59,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 logger.warning("Channel layer unreachable, refusing connections: %r", error)
             await send({"type": "websocket.close"})
 {% endif %}
+    live = False  # True while the socket is open and accepted
+
     async def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
         self.conversation = await database_sync_to_async(services.conversation_of)(
@@ -110,6 +112,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             reply.cancel()  # nobody is left to read it: stop paying for tokens
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
+        if not self.live:  # refused at connect, or already closing
+            return
         if (refusal := self.limits.refuse_frame()) is not None:
             if refusal:
                 await self.send_live(fragments.error(refusal))
@@ -187,7 +191,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 history = await database_sync_to_async(services.model_input)(reply)
                 stream = get_chat_model().stream(settings.CHAT_SYSTEM_PROMPT, history)
                 async for piece in stream:
-                    parts.append(piece)
+                    parts.append(storable_text(piece))  # nothing a page or the database refuses
                     if frames.add(piece):
                         await self.send_live(live("".join(parts)))
                     if self.peers and snapshots.due():

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from . import fragments, limits, services
 from .fanout import Fanout
-from .frames import FrameError, parse_frame
+from .frames import FrameError, parse_frame, storable_text
 from .llm import ProviderError, get_chat_model
 from .llm.base import StopSignal
 from .models import Message
@@ -80,6 +80,8 @@ class ChatConsumer(WebsocketConsumer):
                 logger.warning("Channel layer unreachable, refusing connections: %r", error)
             await send({"type": "websocket.close"})
 {% endif %}
+    live = False  # True while the socket is open and accepted
+
     def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
         self.conversation = services.conversation_of(self.scope["user"], conversation_id)
@@ -133,6 +135,8 @@ class ChatConsumer(WebsocketConsumer):
             stop.set()  # nobody is left to read it: stop paying for tokens
 
     def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not self.live:  # refused at connect, or already closing
+            return
         if (refusal := self.limits.refuse_frame()) is not None:
             if refusal:
                 self.send_live(fragments.error(refusal))
@@ -207,7 +211,7 @@ class ChatConsumer(WebsocketConsumer):
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError
-                parts.append(piece)
+                parts.append(storable_text(piece))  # nothing a page or the database refuses
                 if frames.add(piece):
                     self.send_live(live("".join(parts)))
                 if self.peers and snapshots.due():

@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "servestatic",
     "channels",
     "django_htmx",
     "accounts",  # before allauth: its templates restyle allauth's pages

@@ -22,7 +22,7 @@ from .conftest import FINISHED, read_reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-NOTICE = 'class="message notice" role="alert"'
+NOTICE = 'id="composer-status" class="composer-status error" role="alert"'
 PROJECT = Path(__file__).resolve().parent.parent
 
 

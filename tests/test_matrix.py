@@ -446,6 +446,7 @@ def test_container_commands_serve_production_settings_outside_docker(
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "DJANGO_ALLOWED_HOSTS": "localhost",
         "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
+        "EMAIL_URL": "dummymail://",  # compose requires one; nothing is mailed here
     }
     static_root = synced / "staticfiles"
     shutil.rmtree(static_root, ignore_errors=True)

@@ -31,12 +31,12 @@ def live_for(reply: Message) -> Callable[[str], str]:
     """
     before, after = live_template.render({"reply": reply, "html": MARKER}).split(MARKER)
     markdown = LiveMarkdown()
-    last = {"text": None, "frame": ""}
+    last: dict[str, str | None] = {"text": None, "frame": ""}
 
     def frame(text: str) -> str:
         if text != last["text"]:
             last["text"], last["frame"] = text, before + markdown.render(text) + after
-        return last["frame"]
+        return last["frame"] or ""
 
     return frame
 

@@ -89,9 +89,10 @@ def alignment_classes(state) -> None:
                 token.attrSet("class", f"align-{side}")
 
 
-md.renderer.rules["fence"] = render_fence
-md.renderer.rules["code_block"] = render_fence
-md.renderer.rules["image"] = render_image
+# markdown-it's RendererProtocol does not declare the HTML renderer's rules.
+md.renderer.rules["fence"] = render_fence  # type: ignore[attr-defined]
+md.renderer.rules["code_block"] = render_fence  # type: ignore[attr-defined]
+md.renderer.rules["image"] = render_image  # type: ignore[attr-defined]
 md.core.ruler.push("alignment_classes", alignment_classes)
 
 cleaner = nh3.Cleaner(

@@ -110,7 +110,7 @@ def model_input(reply: Message) -> list[ChatMessage]:
     return kept
 
 
-def status_of(reason: EndReason) -> str:
+def status_of(reason: EndReason) -> Message.Status:
     """The stored status of a reply whose stream ended this way."""
     return {
         EndReason.FINISHED: Message.Status.COMPLETE,

@@ -8,10 +8,17 @@ from django.shortcuts import aget_object_or_404, get_object_or_404, redirect, re
 from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.middleware import HtmxDetails
 
 from . import services
 from .llm import get_chat_model
 from .models import Conversation
+
+
+class HtmxHttpRequest(HttpRequest):
+    """A request as django-htmx's middleware leaves it (django-htmx docs, "Type checking")."""
+
+    htmx: HtmxDetails
 
 
 @login_required
@@ -58,7 +65,7 @@ class RenameForm(forms.Form):
     title = forms.CharField(max_length=Conversation._meta.get_field("title").max_length)
 
 
-def current_pk(request: HttpRequest) -> int | None:
+def current_pk(request: HtmxHttpRequest) -> int | None:
     """The conversation open on the page that made this htmx request, if any."""
     url = request.htmx.current_url_abs_path if request.htmx else None
     if not url:
@@ -78,7 +85,7 @@ def conversation_item(request: HttpRequest, item: Conversation) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def rename(request: HttpRequest, pk: int) -> HttpResponse:
+def rename(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """GET: the inline form (or, with ?cancel, the entry again). POST: save the new title."""
     item = get_object_or_404(Conversation, pk=pk, owner=request.user)
     if request.method == "GET":
@@ -98,7 +105,7 @@ def rename(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-async def delete(request: HttpRequest, pk: int) -> HttpResponse:
+async def delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Stop the reply in progress, then delete; leave the page if it showed the conversation.
 
     Async: waiting for the reply to stop must not hold the thread that sync code (the

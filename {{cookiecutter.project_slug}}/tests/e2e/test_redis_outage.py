@@ -10,6 +10,7 @@ import pytest
 from django.conf import settings
 from playwright.sync_api import expect
 
+from . import chat
 from .chat import send, sign_up, wait_connected, wait_finished
 from .conftest import Server
 
@@ -92,9 +93,10 @@ def relayed_server(tmp_path_factory, results_dir, relay) -> Iterator[Server]:
 
 
 def test_a_redis_outage_spanning_a_reply_end_costs_the_reply_nothing_and_tabs_catch_up(
-    browsing, relayed_server, relay
+    browsing, relayed_server, relay, monkeypatch
 ):
     browsing.server = relayed_server
+    monkeypatch.setattr(chat, "mailbox", relayed_server.mailbox)  # its sign-up mail
     sender = browsing.page()
     sign_up(sender)
     watcher = browsing.page(sender.context)

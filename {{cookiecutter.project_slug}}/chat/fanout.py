@@ -2,7 +2,8 @@
 
 A reply streams to the socket that asked without ever waiting on the channel layer: what
 other connections should see goes into a small outbox, which a task of this connection
-sends. A slow or unreachable layer (Redis down or hanging) costs the asker's reply nothing.
+sends. A slow or unreachable layer (its server down or hanging) costs the asker's reply
+nothing.
 
 - The outbox holds one entry per thing shown on the page: a newer snapshot of a reply
   replaces the one still waiting, and the finished reply replaces its last snapshot.
@@ -11,11 +12,11 @@ sends. A slow or unreachable layer (Redis down or hanging) costs the asker's rep
   ``FIRST_DELAY`` seconds, doubling up to ``MAX_DELAY``, so an outage costs each
   connection with something to send one attempt per ``MAX_DELAY`` seconds at most.
 - The first send that succeeds after an outage delivers what was kept, so connections
-  watching from other tabs and processes catch up with the final state. Pub/sub keeps
-  nothing for a subscriber that is still reconnecting (channels_redis retries once a
-  second), so what can be shown twice without harm (``replay=True``: a reply's finished
-  state, which replaces itself) is sent once more ``REPLAY_DELAY`` seconds later. Pages
-  also check a reply that shows no progress for a while themselves (chat.js).
+  watching from other tabs and processes catch up with the final state. A pub/sub layer
+  keeps nothing for a subscriber that is still reconnecting (about a second after its
+  server is back), so what can be shown twice without harm (``replay=True``: a reply's
+  finished state, which replaces itself) is sent once more ``REPLAY_DELAY`` seconds later.
+  Pages also check a reply that shows no progress for a while themselves (chat.js).
 - ``on_change(False)`` is awaited once when fan-out goes down and ``on_change(True)`` once
   when it is back. Any exception from the layer counts as "down": fan-out is best effort,
   and the reason is logged.

@@ -77,7 +77,7 @@ def current_pk(request: HtmxHttpRequest) -> int | None:
     return match.kwargs.get("pk") if match.view_name == "chat:conversation" else None
 
 
-def conversation_item(request: HttpRequest, item: Conversation) -> HttpResponse:
+def conversation_item(request: HtmxHttpRequest, item: Conversation) -> HttpResponse:
     """The conversation's sidebar entry; its page's title too when it is the open one."""
     context = {"item": item, "current_pk": current_pk(request), "conversation": item}
     return render(request, "chat/_conversation_item_response.html", context)
@@ -124,7 +124,7 @@ async def delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def search(request: HttpRequest) -> HttpResponse:
+def search(request: HtmxHttpRequest) -> HttpResponse:
     """The sidebar's list, narrowed to conversations matching ?q= in title or messages."""
     query = request.GET.get("q", "")[:200]
     results = services.search_conversations(request.user, query)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 {%- else -%}
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import suppress
 {%- endif %}
 from dataclasses import dataclass
@@ -142,7 +142,7 @@ class ReplyStream:
     A read still waiting for the response headers is not reached: LLM_TIMEOUT bounds it.
     """
 
-    def __init__(self, pieces: Callable[["ReplyStream"], Iterator[str]]) -> None:
+    def __init__(self, pieces: Callable[["ReplyStream"], Generator[str]]) -> None:
         self.lock = threading.Lock()
         self.responses: list[Any] = []
         self.cancelled = False

@@ -98,23 +98,44 @@ def reply_state(page: Page, reply_id: str) -> dict:
     )
 
 
+# Records, in the page, each text a streaming reply shows: every frame that arrives is seen,
+# however busy the machine running the test is.
+RECORD_STATES = """id => {
+    const states = (window.e2eStates ??= {})[id] ??= [];
+    const note = () => {
+        const text = document.getElementById(id)?.querySelector(".text");
+        if (!text || !text.classList.contains("streaming")) return;
+        if (text.textContent && text.textContent !== states.at(-1)) states.push(text.textContent);
+    };
+    note();
+    new MutationObserver(note).observe(
+        document.getElementById("messages"), { childList: true, subtree: true, characterData: true }
+    );
+}"""
+
+
 def watch_reply(
     page: Page,
     reply_id: str,
     on_state: Callable[[str], object] = lambda text: None,
     timeout: float = 30,
 ) -> list[str]:
-    """Look at a streaming reply until it is finished; the distinct texts seen on the way."""
-    seen: list[str] = []
+    """Watch a streaming reply until it is finished; the distinct texts it showed on the way.
+
+    on_state is called with some of them as the test sees them (for screenshots).
+    """
+    page.evaluate(RECORD_STATES, reply_id)
     deadline = time.monotonic() + timeout
+    last = None
     while time.monotonic() < deadline:
         state = reply_state(page, reply_id)
         if not state["streaming"]:
-            return seen
-        if state["text"] and (not seen or state["text"] != seen[-1]):
-            seen.append(state["text"])
-            on_state(state["text"])
+            return page.evaluate("id => window.e2eStates[id]", reply_id)
+        if state["text"] and state["text"] != last:
+            last = state["text"]
+            on_state(last)
         page.wait_for_timeout(25)
+    seen = page.evaluate("id => window.e2eStates[id]", reply_id)
     raise AssertionError(f"{reply_id} still streaming after {timeout} s; seen: {seen}")
 
 

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 {%- else %}
 
-from collections.abc import Iterator
+from collections.abc import Generator
 {%- endif %}
 from functools import lru_cache
 from typing import Any, Self
@@ -227,7 +227,7 @@ class AnthropicChat:
 
     def pieces(
         self, system: str, messages: list[ChatMessage], upstream: ReplyStream
-    ) -> Iterator[str]:
+    ) -> Generator[str]:
         try:
             response = self.client.messages.create(**self.request(system, messages))
         except anthropic.APIError as exc:

@@ -5,7 +5,7 @@ import asyncio
 {% endif -%}
 import re
 import time
-from collections.abc import {% if cookiecutter.consumer == "async" %}AsyncIterator{% else %}Iterator{% endif %}
+from collections.abc import {% if cookiecutter.consumer == "async" %}AsyncIterator{% else %}Generator{% endif %}
 
 from .base import ChatMessage{% if cookiecutter.consumer == "sync" %}, ReplyStream{% endif %}
 
@@ -56,7 +56,7 @@ class DemoModel:
     def stream(self, system: str, messages: list[ChatMessage]) -> ReplyStream:
         return ReplyStream(lambda upstream: self.pieces(messages))
 
-    def pieces(self, messages: list[ChatMessage]) -> Iterator[str]:
+    def pieces(self, messages: list[ChatMessage]) -> Generator[str]:
         # Each token is due on a schedule, like a model's output: a busy server that falls
         # behind gets the late tokens at once rather than stretching the reply.
         start = time.monotonic()

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 {%- else %}
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import closing
 {%- endif %}
 from functools import lru_cache
@@ -275,7 +275,7 @@ class GeminiChat:
     def stream(self, system: str, messages: list[ChatMessage]) -> ReplyStream:
         return ReplyStream(lambda upstream: self.pieces(system, messages))
 
-    def pieces(self, system: str, messages: list[ChatMessage]) -> Iterator[str]:
+    def pieces(self, system: str, messages: list[ChatMessage]) -> Generator[str]:
         ending = Ending()
         try:
             chunks = self.client.models.generate_content_stream(

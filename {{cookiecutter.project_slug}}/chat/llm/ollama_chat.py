@@ -11,7 +11,7 @@ from contextlib import aclosing
 {%- else %}
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import closing
 {%- endif %}
 from functools import lru_cache
@@ -206,7 +206,7 @@ class OllamaChat:
     def stream(self, system: str, messages: list[ChatMessage]) -> ReplyStream:
         return ReplyStream(lambda upstream: self.pieces(system, messages))
 
-    def pieces(self, system: str, messages: list[ChatMessage]) -> Iterator[str]:
+    def pieces(self, system: str, messages: list[ChatMessage]) -> Generator[str]:
         ending = Ending()
         try:
             parts = self.client.chat(**self.request(system, messages))

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 {%- else %}
 
-from collections.abc import Iterator
+from collections.abc import Generator
 {%- endif %}
 from functools import lru_cache
 from typing import Any, Self
@@ -225,7 +225,7 @@ class OpenAIChat:
 
     def pieces(
         self, system: str, messages: list[ChatMessage], upstream: ReplyStream
-    ) -> Iterator[str]:
+    ) -> Generator[str]:
         try:
             response = self.client.chat.completions.create(**self.request(system, messages))
         except openai.APIError as exc:

@@ -1,9 +1,9 @@
 """What the chat needs from a model, whichever provider serves it.
 
-Every provider module reads its stream's own end signal (OpenAI `finish_reason`, Anthropic
-`stop_reason` and `error` events, Gemini `finishReason` and `promptFeedback.blockReason`, Ollama
-`done_reason` and error lines) and maps it to one EndReason. A stream that ends any other way than
-FINISHED with text raises a ProviderError carrying that reason, after the text it yielded.
+The provider module reads its stream's own end signal (a finish or stop reason, error events
+inside the stream, a blocked prompt) and maps it to one EndReason. A stream that ends any other
+way than FINISHED with text raises a ProviderError carrying that reason, after the text it
+yielded.
 """
 
 {% if cookiecutter.consumer == "async" -%}

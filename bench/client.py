@@ -38,6 +38,8 @@ TURN = re.compile(r'<article id="message-(\d+)" class="message assistant streami
 # The reply so far, rendered as Markdown: to the asker every frame interval, to watchers at
 # the fan-out interval.
 LIVE = re.compile(r'<div id="message-(\d+)-text" hx-swap-oob="innerHTML">(.*)</div>\s*$', re.S)
+# Text appended to the reply: what the floor (and a plain-text stream) sends, frame by frame.
+CHUNK = re.compile(r'<div id="message-(\d+)-text" hx-swap-oob="beforeend">(.*)</div>\s*$', re.S)
 FINISHED = re.compile(
     r'<article id="message-(\d+)" class="message assistant (\w+)" hx-swap-oob="true">'
     r"(.*?)</article>",
@@ -188,6 +190,11 @@ async def read_chat(chat: Chat, deadline: float) -> None:
             async for message in chat.ws:
                 now = time.monotonic()
                 if message.startswith('<div id="message-'):
+                    chunk = CHUNK.match(message)
+                    if chunk and chunk.group(1) == chat.reply_id and not chat.watcher:
+                        chat.times.append(now)
+                        chat.texts.append(chunk.group(2))
+                        continue
                     live = LIVE.match(message)
                     if live and live.group(1) == chat.reply_id and not chat.watcher:
                         chat.times.append(now)

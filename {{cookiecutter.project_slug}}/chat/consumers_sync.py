@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import WebsocketConsumer
+from django import db
 from django.conf import settings
 {%- if cookiecutter.channel_layer == "redis" %}
 from redis.exceptions import RedisError
@@ -204,6 +205,7 @@ class ChatConsumer(WebsocketConsumer):
         deadline = time.monotonic() + settings.CHAT_GENERATION_TIMEOUT
         try:
             history = services.model_input(reply)
+            db.connection.close()  # back to the pool: no connection is held across the stream
             stream = get_chat_model().stream(settings.CHAT_SYSTEM_PROMPT, history)
             stop.watch(stream)  # Stop cancels it at once, even while the provider is silent
             for piece in stream:

@@ -83,20 +83,24 @@ TEMPLATES = [
 
 # Database: SQLite by default, PostgreSQL with DATABASE_URL=postgres://...
 # https://docs.djangoproject.com/en/6.1/ref/settings/#databases
+# No persistent connections (CONN_MAX_AGE=0): under ASGI every request runs in a thread of
+# its own, so a kept connection is never reused and piles up (Django ticket #33497).
 DATABASES = {
-    "default": dj_database_url.config(
-        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
-{%- if cookiecutter.consumer == "async" %}
-        # The async consumer's queries share one thread: keep its connection open.
-        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "600")),
-        conn_health_checks=True,
-{%- else %}
-        # Replies run in many threads: each closes its connection when done.
-        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
-{%- endif %}
-    )
+    "default": dj_database_url.config(default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0)
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's connection pool (psycopg_pool): every thread borrows a connection for one piece
+    # of database work and gives it back, so a process never holds more than max_size, however
+    # many requests and replies it serves. A thread that finds none free waits up to timeout (s).
+    # https://docs.djangoproject.com/en/6.1/ref/databases/#connection-pool
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {
+            "min_size": 1,
+            "max_size": int(os.environ.get("DATABASE_POOL_SIZE", "8")),
+            "timeout": 30,
+        }
+    }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Replies write from several threads; wait for the write lock instead of failing.
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",

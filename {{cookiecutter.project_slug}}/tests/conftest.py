@@ -189,7 +189,7 @@ async def connect():
 {%- endif %}
     if running:
         await asyncio.wait(running, timeout=20)
-    # The consumers' thread keeps its database connection (CONN_MAX_AGE): close it, or
+    # Connections the consumers opened in this loop's threads: close them, or
     # PostgreSQL refuses to drop the test database at the end of the run.
     await database_sync_to_async(connections.close_all)()
 

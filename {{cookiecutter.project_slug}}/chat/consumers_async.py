@@ -4,7 +4,9 @@ A reply streams in its own task, so this connection keeps reading frames (Stop a
 them) while the model writes. Chunks go straight to the socket that asked; other
 connections watching the conversation get a snapshot a few times a second through the
 channel layer, sent from this connection's outbox (chat/fanout.py): the reply never
-waits on the layer, and a layer outage costs it nothing.
+waits on the layer, and a layer outage costs it nothing. Its text is written back every
+second (chat/checkpoints.py), and it outlives this socket for a while, for a reloaded page
+(chat/resume.py).
 """
 
 import asyncio
@@ -18,17 +20,21 @@ from redis.exceptions import RedisError
 {%- endif %}
 
 from . import fragments, limits, services
-from .fanout import Fanout
+from .checkpoints import checkpoints
+from .fanout import Fanout, renew_membership
 from .frames import FrameError, parse_frame, storable_text
 from .llm import ProviderError, get_chat_model
 from .models import Message
+from .resume import keep_reply
 from .streaming import Every, FrameBuffer
 
 logger = logging.getLogger(__name__)
 
+CLOSE_SIGNED_OUT = 4401  # htmx's ws extension does not reconnect on it
 FAILED = "Something went wrong while writing the reply. Retry in a moment."
 TOO_LONG = "The reply ran past the time limit and was cut off."
 UNEXPECTED = "Something went wrong with that request. Try again in a moment."
+SIGNED_OUT = "You have been signed out. Sign in again to go on."
 
 # Replies being written in this process, by conversation id, so Stop from any tab finds them.
 replies: dict[int, asyncio.Task] = {}
@@ -60,6 +66,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await send({"type": "websocket.close"})
 {% endif %}
     live = False  # True while the socket is open and accepted
+    reply_task: asyncio.Task | None = None  # the reply this connection asked for
 
     async def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
@@ -92,6 +99,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             send_channel=self.channel_layer.send,
             on_change=self.fanout_changed,
         )
+        self.membership = asyncio.create_task(
+            renew_membership(self.channel_layer, self.group, self.channel_name)
+        )
         await self.accept()
         self.broadcast("presence", "chat.presence", event="joined")
 
@@ -103,13 +113,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.live = False
         self.broadcast("presence", "chat.presence", event="left")
         self.fanout.close()
+        self.membership.cancel()
         try:
             await self.channel_layer.group_discard(self.group, self.channel_name)
         except Exception as error:  # noqa: BLE001 - the layer is down: nothing to discard
             logger.info("Channel layer: could not leave %s: %r", self.group, error)
-        reply = replies.get(self.conversation.pk)
-        if reply and not self.peers:
-            reply.cancel()  # nobody is left to read it: stop paying for tokens
+        if self.reply_task and not self.reply_task.done():
+            # Maybe a reload: the reply goes on while a tab may come back (chat/resume.py).
+            keeper = asyncio.create_task(
+                keep_reply(
+                    self.channel_layer,
+                    self.group,
+                    self.peers,
+                    stop=self.reply_task.cancel,
+                    grace=settings.CHAT_RESUME_GRACE,
+                )
+            )
+            self.reply_task.add_done_callback(lambda _: keeper.cancel())
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
         if not self.live:  # refused at connect, or already closing
@@ -117,6 +137,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if (refusal := self.limits.refuse_frame()) is not None:
             if refusal:
                 await self.send_live(fragments.error(refusal))
+            return
+        if not await database_sync_to_async(services.signed_in)(self.scope):
+            # Logged out, a new password or deactivated since the socket opened.
+            await self.send_live(fragments.error(SIGNED_OUT))
+            self.live = False
+            await self.close(code=CLOSE_SIGNED_OUT)
             return
         try:
             frame = parse_frame(
@@ -171,7 +197,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     def start_reply(self, reply: Message) -> None:
         key = self.conversation.pk
-        task = replies[key] = asyncio.create_task(self.write_reply(reply))
+        task = replies[key] = self.reply_task = asyncio.create_task(self.write_reply(reply))
 
         def forget(done: asyncio.Task) -> None:
             if replies.get(key) is done:
@@ -186,6 +212,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         parts: list[str] = []
         status, error = Message.Status.COMPLETE, ""
         stream = None
+        checkpoints.track(reply.pk, parts)  # its text is written back every second
         try:
             async with asyncio.timeout(settings.CHAT_GENERATION_TIMEOUT):
                 history = await database_sync_to_async(services.model_input)(reply)
@@ -194,7 +221,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     parts.append(storable_text(piece))  # nothing a page or the database refuses
                     if frames.add(piece):
                         await self.send_live(live("".join(parts)))
-                    if self.peers and snapshots.due():
+                    # Snapshots for the other tabs, or for a tab coming back after a reload.
+                    if (self.peers or not self.live) and snapshots.due():
                         snapshot = live("".join(parts))
                         self.broadcast(f"message-{reply.pk}", "chat.html", html=snapshot)
         except asyncio.CancelledError:
@@ -216,9 +244,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await stream.aclose()  # closes the upstream HTTP stream
         if frames.drain():  # the last pieces, so the bubble is whole before it finishes
             await self.send_live(live("".join(parts)))
-        reply = await database_sync_to_async(services.finish_reply)(
-            reply, "".join(parts), status, error
-        )
+        try:
+            reply = await database_sync_to_async(services.finish_reply)(
+                reply, "".join(parts), status, error
+            )
+        finally:
+            checkpoints.forget(reply.pk)  # if the write failed, the reply is soon interrupted
         await self.show(fragments.finished(reply), key=f"message-{reply.pk}", replay=True)
 
     async def show(self, html: str, key: str, replay: bool = False) -> None:

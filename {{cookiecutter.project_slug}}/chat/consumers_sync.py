@@ -7,13 +7,17 @@ pool, where self.send() still reaches the socket through the event loop. Stop se
 StopSignal that cancels the provider's stream at once, even while the provider is silent
 (its socket is shut down under the blocked read), and the reply ends as stopped. What
 other connections watching the conversation should see goes into this connection's
-outbox (chat/fanout.py), sent on the event loop: the reply never waits on the layer.
+outbox (chat/fanout.py), sent on the event loop: the reply never waits on the layer. Its
+text is written back every second (chat/checkpoints.py), and it outlives this socket for a
+while, for a reloaded page (chat/resume.py).
 """
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
@@ -25,18 +29,22 @@ from redis.exceptions import RedisError
 {%- endif %}
 
 from . import fragments, limits, services
-from .fanout import Fanout
+from .checkpoints import checkpoints
+from .fanout import Fanout, renew_membership
 from .frames import FrameError, parse_frame, storable_text
 from .llm import ProviderError, get_chat_model
 from .llm.base import StopSignal
 from .models import Message
+from .resume import keep_reply
 from .streaming import Every, FrameBuffer
 
 logger = logging.getLogger(__name__)
 
+CLOSE_SIGNED_OUT = 4401  # htmx's ws extension does not reconnect on it
 FAILED = "Something went wrong while writing the reply. Retry in a moment."
 TOO_LONG = "The reply ran past the time limit and was cut off."
 UNEXPECTED = "Something went wrong with that request. Try again in a moment."
+SIGNED_OUT = "You have been signed out. Sign in again to go on."
 
 # Replies being written in this process, by conversation id, so Stop from any tab finds them.
 replies: dict[int, StopSignal] = {}
@@ -50,6 +58,20 @@ outage_logged = False
 
 
 background: set[asyncio.Task] = set()
+
+
+def stop_replies() -> None:
+    """At exit (SIGTERM, a devserver reload), stop every reply so each is saved as stopped.
+
+    Registered like concurrent.futures registers its own exit hook, which waits for the
+    pool's threads: this one runs first (hooks run newest first), or exit would wait for
+    every reply to end.
+    """
+    for stop in list(replies.values()):
+        stop.set()
+
+
+threading._register_atexit(stop_replies)  # noqa: SLF001
 
 
 async def run_in_reply_thread(func, *args) -> None:
@@ -82,6 +104,8 @@ class ChatConsumer(WebsocketConsumer):
             await send({"type": "websocket.close"})
 {% endif %}
     live = False  # True while the socket is open and accepted
+    reply_stop: StopSignal | None = None  # stops the reply this connection asked for
+    keeper: asyncio.Task | None = None  # keeps that reply going once the socket closed
 
     def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
@@ -111,7 +135,11 @@ class ChatConsumer(WebsocketConsumer):
         self.broadcast("presence", "chat.presence", event="joined")
 
     async def open_fanout(self) -> Fanout:
-        """The outbox lives on the server's event loop, where the layer's sends run."""
+        """The outbox lives on the server's event loop, where the layer's sends run; so does
+        the task that keeps this connection in its group."""
+        self.membership = asyncio.create_task(
+            renew_membership(self.channel_layer, self.group, self.channel_name)
+        )
         return Fanout(
             asyncio.get_running_loop(),
             send_group=lambda message: self.channel_layer.group_send(self.group, message),
@@ -127,13 +155,28 @@ class ChatConsumer(WebsocketConsumer):
         self.live = False
         self.broadcast("presence", "chat.presence", event="left")
         self.fanout.close()
+        self.fanout.loop.call_soon_threadsafe(self.membership.cancel)
         try:
             async_to_sync(self.channel_layer.group_discard)(self.group, self.channel_name)
         except Exception as error:  # noqa: BLE001 - the layer is down: nothing to discard
             logger.info("Channel layer: could not leave %s: %r", self.group, error)
-        stop = replies.get(self.conversation.pk)
-        if stop and not self.peers:
-            stop.set()  # nobody is left to read it: stop paying for tokens
+        if self.reply_stop is not None and replies.get(self.conversation.pk) is self.reply_stop:
+            # Maybe a reload: the reply goes on while a tab may come back (chat/resume.py).
+            self.keeper = async_to_sync(self.keep_reply)(self.reply_stop)
+
+    async def keep_reply(self, stop: StopSignal) -> asyncio.Task:
+        task = asyncio.create_task(
+            keep_reply(
+                self.channel_layer,
+                self.group,
+                self.peers,
+                stop=stop.set,
+                grace=settings.CHAT_RESUME_GRACE,
+            )
+        )
+        background.add(task)
+        task.add_done_callback(background.discard)
+        return task
 
     def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.live:  # refused at connect, or already closing
@@ -141,6 +184,12 @@ class ChatConsumer(WebsocketConsumer):
         if (refusal := self.limits.refuse_frame()) is not None:
             if refusal:
                 self.send_live(fragments.error(refusal))
+            return
+        if not services.signed_in(self.scope):
+            # Logged out, a new password or deactivated since the socket opened.
+            self.send_live(fragments.error(SIGNED_OUT))
+            self.live = False
+            self.close(code=CLOSE_SIGNED_OUT)
             return
         try:
             frame = parse_frame(
@@ -192,7 +241,7 @@ class ChatConsumer(WebsocketConsumer):
             self.broadcast("stop", "chat.stop")
 
     def start_reply(self, reply: Message) -> None:
-        stop = replies[self.conversation.pk] = StopSignal()
+        stop = replies[self.conversation.pk] = self.reply_stop = StopSignal()
         async_to_sync(run_in_reply_thread)(self.write_reply, reply, stop)
 
     def write_reply(self, reply: Message, stop: StopSignal) -> None:
@@ -203,6 +252,7 @@ class ChatConsumer(WebsocketConsumer):
         status, error = Message.Status.COMPLETE, ""
         stream = None
         deadline = time.monotonic() + settings.CHAT_GENERATION_TIMEOUT
+        checkpoints.track(reply.pk, parts)  # its text is written back every second
         try:
             history = services.model_input(reply)
             db.connection.close()  # back to the pool: no connection is held across the stream
@@ -216,7 +266,8 @@ class ChatConsumer(WebsocketConsumer):
                 parts.append(storable_text(piece))  # nothing a page or the database refuses
                 if frames.add(piece):
                     self.send_live(live("".join(parts)))
-                if self.peers and snapshots.due():
+                # Snapshots for the other tabs, or for a tab coming back after a reload.
+                if (self.peers or not self.live) and snapshots.due():
                     snapshot = live("".join(parts))
                     self.broadcast(f"message-{reply.pk}", "chat.html", html=snapshot)
             if stop.is_set():
@@ -242,7 +293,16 @@ class ChatConsumer(WebsocketConsumer):
                 del replies[self.conversation.pk]
         if frames.drain():  # the last pieces, so the bubble is whole before it finishes
             self.send_live(live("".join(parts)))
-        reply = services.finish_reply(reply, "".join(parts), status, error)
+        try:
+            reply = services.finish_reply(reply, "".join(parts), status, error)
+        finally:
+            # Back to the pool now: the close that database_sync_to_async makes after this
+            # function does not always see a connection opened in here.
+            db.connection.close()
+            checkpoints.forget(reply.pk)  # if the write failed, the reply is soon interrupted
+            if self.keeper is not None:
+                with suppress(RuntimeError):  # the server's loop has closed
+                    self.fanout.loop.call_soon_threadsafe(self.keeper.cancel)
         self.show(fragments.finished(reply), key=f"message-{reply.pk}", replay=True)
 
     def show(self, html: str, key: str, replay: bool = False) -> None:

@@ -139,3 +139,20 @@ class Fanout:
             self.up = False
             logger.warning("Channel layer unreachable, fan-out paused: %r", error)
             await self.on_change(False)
+
+
+async def renew_membership(layer, group: str, channel: str) -> None:
+    """Keep a connection in its group for as long as it lives.
+
+    Layers with a group expiry (Channels' in-memory layer: 86,400 s by default) drop a
+    member that joined longer ago than that; joining again restarts its clock. Returns at
+    once for layers without one (the Redis pub/sub layer). Cancel it when the connection
+    closes.
+    """
+    expiry = getattr(layer, "group_expiry", None)
+    if not expiry:
+        return
+    while True:
+        await asyncio.sleep(expiry / 4)
+        with suppress(Exception):  # a layer that is down: try again next time
+            await layer.group_add(group, channel)

@@ -34,6 +34,7 @@ class Message(models.Model):
         ERROR = "error"
         TRUNCATED = "truncated"  # cut at the model's output limit; the text is kept
         FILTERED = "filtered"  # the provider's safety filter stopped the reply or the prompt
+        INTERRUPTED = "interrupted"  # its server went away mid-reply; the text so far is kept
 
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"
@@ -65,6 +66,7 @@ class Message(models.Model):
             self.Status.ERROR,
             self.Status.TRUNCATED,
             self.Status.FILTERED,
+            self.Status.INTERRUPTED,
         )
 
     @property

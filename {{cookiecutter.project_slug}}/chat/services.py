@@ -4,11 +4,15 @@ import asyncio
 import logging
 import time
 from datetime import timedelta
+from importlib import import_module
+from types import SimpleNamespace
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django import db
 from django.conf import settings
-from django.db import transaction
+from django.contrib import auth
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -34,15 +38,47 @@ def conversation_of(user, conversation_id: int) -> Conversation | None:
     return Conversation.objects.filter(pk=conversation_id, owner=user).first()
 
 
+def signed_in(scope: dict) -> bool:
+    """Whether the socket's session still signs in the user it opened with.
+
+    Read afresh from the session store, as django.contrib.auth.get_user does for each HTTP
+    request: logging out (the session is deleted), a new password (its hash no longer
+    matches) or deactivation (is_active=False) all end it.
+    """
+    session = scope.get("session")
+    if session is None or session.session_key is None:
+        return False
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session.session_key)
+    user = auth.get_user(SimpleNamespace(session=store))
+    return user.is_authenticated and user.pk == scope["user"].pk
+
+
 def conversations_of(user) -> list[Conversation]:
     return list(Conversation.objects.filter(owner=user).exclude(title=""))
 
 
+INTERRUPTED = "The server stopped while writing this reply. The text so far is kept."
+
+
 def generating(conversation: Conversation) -> Message | None:
-    """The reply still being generated in this conversation, if any."""
-    started_after = timezone.now() - timedelta(seconds=settings.CHAT_GENERATION_TIMEOUT)
+    """The reply still being generated in this conversation, if any.
+
+    Only a reply whose writer is alive counts: its checkpoints refresh updated_at every
+    CHAT_CHECKPOINT_INTERVAL seconds (chat/checkpoints.py).
+    """
+    alive_since = timezone.now() - timedelta(seconds=settings.CHAT_HEARTBEAT_TIMEOUT)
     streaming = conversation.messages.filter(status=Message.Status.STREAMING)
-    return streaming.filter(created_at__gte=started_after).order_by("-created_at").first()
+    return streaming.filter(updated_at__gte=alive_since).order_by("-created_at").first()
+
+
+def settle(conversation: Conversation) -> int:
+    """Mark the conversation's replies whose writer died as interrupted; returns how many.
+
+    Their text is what the last checkpoint wrote; the page offers Retry.
+    """
+    alive_since = timezone.now() - timedelta(seconds=settings.CHAT_HEARTBEAT_TIMEOUT)
+    dead = conversation.messages.filter(status=Message.Status.STREAMING, updated_at__lt=alive_since)
+    return dead.update(status=Message.Status.INTERRUPTED, error=INTERRUPTED)
 
 
 def check_rate(user) -> None:
@@ -56,6 +92,7 @@ def start_turn(conversation: Conversation, text: str) -> tuple[Message, Message]
     with transaction.atomic():
         # Locks the conversation row (PostgreSQL), so two tabs cannot both start a reply.
         conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        settle(conversation)
         if generating(conversation):
             raise Refused("A reply is still being written. Wait for it, or press Stop.")
         check_rate(conversation.owner)
@@ -73,6 +110,7 @@ def start_retry(conversation: Conversation) -> Message:
     """A new reply to the latest user message, after one that ended short (see can_retry)."""
     with transaction.atomic():
         conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        settle(conversation)
         if generating(conversation):
             raise Refused("A reply is still being written. Wait for it, or press Stop.")
         last = conversation.messages.last()
@@ -129,7 +167,13 @@ def finish_reply(reply: Message, content: str, status: str, error: str = "") -> 
     reply.content = storable_text(content)  # model output: nothing the database refuses
     reply.status = status
     reply.error = error
-    reply.save(update_fields=["content", "status", "error", "detail", "updated_at"])
+    fields = ["content", "status", "error", "detail", "updated_at"]
+    try:
+        reply.save(update_fields=fields)
+    except DatabaseError:  # a connection cut under the write: once more, on a fresh one
+        logger.warning("Could not store reply %s; trying again", reply.pk, exc_info=True)
+        db.connection.close()
+        reply.save(update_fields=fields)  # if this fails too, the reply soon shows interrupted
     return reply
 
 

@@ -42,6 +42,7 @@ def new_conversation(request: HttpRequest) -> HttpResponse:
 def conversation(request: HttpRequest, pk: int) -> HttpResponse:
     # Someone else's conversation is a 404, exactly like one that does not exist.
     current = get_object_or_404(Conversation, pk=pk, owner=request.user)
+    services.settle(current)  # a reply whose server went away shows as interrupted
     return render(
         request,
         "chat/chat.html",

@@ -86,7 +86,13 @@ TEMPLATES = [
 # No persistent connections (CONN_MAX_AGE=0): under ASGI every request runs in a thread of
 # its own, so a kept connection is never reused and piles up (Django ticket #33497).
 DATABASES = {
-    "default": dj_database_url.config(default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0)
+    "default": dj_database_url.config(
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=0,
+        # With the pool: a connection is checked before it is lent, so one that a database
+        # restart broke is replaced instead of failing a user's request.
+        conn_health_checks=True,
+    )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Django's connection pool (psycopg_pool): every thread borrows a connection for one piece
@@ -337,9 +343,16 @@ CHAT_MAX_FRAME_BYTES = int(os.environ.get("CHAT_MAX_FRAME_BYTES", "65536"))
 CHAT_FRAMES_PER_SECOND = float(os.environ.get("CHAT_FRAMES_PER_SECOND", "5"))
 CHAT_SOCKETS_PER_USER = int(os.environ.get("CHAT_SOCKETS_PER_USER", "10"))
 DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = 2 * CHAT_MAX_FRAME_BYTES
-# A reply is cut off after this many seconds; one still marked streaming after that was
-# abandoned (its server stopped) and no longer blocks the conversation.
+# A reply is cut off after this many seconds.
 CHAT_GENERATION_TIMEOUT = int(os.environ.get("CHAT_GENERATION_TIMEOUT", "300"))
+# A streaming reply's text is written back this often (seconds), which is also its heartbeat;
+# one whose heartbeat is older than CHAT_HEARTBEAT_TIMEOUT lost its server (a crash, a kill)
+# and shows as interrupted with the text last written (chat/checkpoints.py).
+CHAT_CHECKPOINT_INTERVAL = float(os.environ.get("CHAT_CHECKPOINT_INTERVAL", "1"))
+CHAT_HEARTBEAT_TIMEOUT = float(os.environ.get("CHAT_HEARTBEAT_TIMEOUT", "10"))
+# When the last tab watching a reply closes (a reload, a dropped connection), the reply goes
+# on this many seconds for a tab that comes back; then it stops (chat/resume.py).
+CHAT_RESUME_GRACE = float(os.environ.get("CHAT_RESUME_GRACE", "15"))
 # The connection that asked gets the reply so far, rendered as Markdown, once per this many
 # seconds while it streams (each frame renders the Markdown still open: keep it above 0.05).
 CHAT_FRAME_INTERVAL = float(os.environ.get("CHAT_FRAME_INTERVAL", "0.1"))

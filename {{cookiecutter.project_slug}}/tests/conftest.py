@@ -17,9 +17,7 @@ import redis
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-{%- if cookiecutter.channel_layer == "redis" %}
 from django.conf import settings
-{%- endif %}
 from django.contrib.auth import get_user_model
 from django.db import connections
 from django.test import Client
@@ -64,6 +62,16 @@ def fast_password_hashing(settings):
 def own_cache(settings):
     """Account rate limits count in the cache: each test starts with an empty one of its own."""
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+@pytest.fixture(autouse=True)
+async def close_async_orm_connections():
+    """A test's async ORM calls run in asgiref's shared thread, whose connection outlives the
+    test: close it after each one, or PostgreSQL refuses to drop the test database at the end
+    ("being accessed by other users"). Connections of the app's own threads are closed by the
+    app (CONN_MAX_AGE=0)."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture(autouse=True)
@@ -165,11 +173,16 @@ async def connect():
     """Open real sockets through the whole ASGI stack; all are closed after the test."""
     opened: list[WebsocketCommunicator] = []
 
-    async def open_socket(user, conversation_id, origin: bytes | None = b"http://localhost"):
+    async def open_socket(
+        user, conversation_id, origin: bytes | None = b"http://localhost", client=None
+    ):
+        """client: a django.test.Client whose session the socket shares (else a new one)."""
         headers = [(b"host", b"localhost")]
         if origin is not None:
             headers.append((b"origin", origin))
-        if user is not None:
+        if client is not None:
+            headers.append((b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()))
+        elif user is not None:
             headers.append((b"cookie", await sync_to_async(session_cookie)(user)))
         socket = WebsocketCommunicator(application, f"/ws/chat/{conversation_id}/", headers)
         socket.accepted, socket.close_code = await socket.connect(timeout=5)
@@ -211,6 +224,22 @@ async def read_reply(socket: WebsocketCommunicator, wait: float = 10) -> list[st
         frames.append(frame)
         if FINISHED.search(frame):
             return frames
+
+
+async def wait_for_reply(conversation, check: Callable[[Message], bool], wait: float = 30):
+    """The conversation's latest reply, once check(reply) is true (the database sends no
+    events: polled every 50 ms; `wait` is a bound for a busy machine, not an expected pace)."""
+    deadline = time.monotonic() + wait
+    while True:
+        reply = await Message.objects.filter(conversation=conversation, role="assistant").alast()
+        if reply is not None and check(reply):
+            return reply
+        assert time.monotonic() < deadline, f"no such reply in {wait} s; the last: {reply!r}"
+        await asyncio.sleep(0.05)
+
+
+async def wait_for_status(conversation, status: str, wait: float = 30) -> Message:
+    return await wait_for_reply(conversation, lambda reply: reply.status == status, wait)
 
 
 def live_text(frames: list[str]) -> str:
@@ -276,7 +305,8 @@ async def end_while_the_provider_is_silent(
     ending, model, provider, user, conversation, connect, monkeypatch
 ):
     """Ask, wait until the first piece the provider sent is on the page and the provider has gone
-    quiet, then press Stop (ending="stop") or close the only page watching (ending="leave").
+    quiet, then press Stop (ending="stop") or close the only page watching, with no grace for a
+    tab to come back (ending="leave").
 
     Returns the frames the page got, the stored reply once it is no longer streaming, and the
     seconds from Stop or leaving to the reply's end.
@@ -291,6 +321,7 @@ async def end_while_the_provider_is_silent(
         await chat.send_to(json.dumps({"action": "stop"}))
         frames += await read_reply(chat)
     else:
+        monkeypatch.setattr(settings, "CHAT_RESUME_GRACE", 0)
         await chat.disconnect(timeout=5)
     # The reply's own task (and, for the sync consumer, its thread) has ended.
     loop = asyncio.get_running_loop()

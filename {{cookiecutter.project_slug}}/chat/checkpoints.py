@@ -6,8 +6,9 @@ provider sends nothing. A streaming reply whose heartbeat is older than
 ``CHAT_HEARTBEAT_TIMEOUT`` seconds has lost its writer (a crash, SIGKILL, a reload): the page
 and the next turn see it as interrupted, with the text last written (services.settle()).
 
-At a normal exit (SIGTERM under uvicorn or daphne, a devserver reload), ``save_all()`` stores
-the replies still tracked as stopped, with their text so far.
+At a normal exit, ``save_all()`` stores the replies still tracked as stopped, with their text so
+far: at the ASGI lifespan shutdown (uvicorn, which then ends with the signal it got, so
+atexit functions do not run) and at exit (daphne, a devserver reload).
 """
 
 import atexit
@@ -15,6 +16,7 @@ import logging
 import threading
 import time
 
+from asgiref.sync import sync_to_async
 from django import db
 from django.conf import settings
 from django.db.models import Case, F, TextField, Value, When
@@ -115,3 +117,20 @@ class Checkpoints:
 # autoreloader exits for a reload; nothing runs on SIGKILL, where the heartbeat tells instead.
 checkpoints = Checkpoints()
 atexit.register(checkpoints.save_all)
+
+
+async def lifespan(scope: dict, receive, send) -> None:
+    """The ASGI lifespan protocol: at shutdown, save the replies still streaming as stopped.
+
+    https://asgi.readthedocs.io/en/latest/specs/lifespan.html. uvicorn sends the shutdown
+    event once its connections are closed, while replies may still be streaming for a tab
+    that could come back (chat/resume.py).
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await sync_to_async(checkpoints.save_all, thread_sensitive=False)()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

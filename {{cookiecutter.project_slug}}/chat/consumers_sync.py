@@ -58,6 +58,7 @@ outage_logged = False
 
 
 background: set[asyncio.Task] = set()
+exiting = threading.Event()  # set when the process exits: nothing more is sent
 
 
 def stop_replies() -> None:
@@ -67,6 +68,7 @@ def stop_replies() -> None:
     pool's threads: this one runs first (hooks run newest first), or exit would wait for
     every reply to end.
     """
+    exiting.set()
     for stop in list(replies.values()):
         stop.set()
 
@@ -318,12 +320,27 @@ class ChatConsumer(WebsocketConsumer):
         self.broadcast(key, "chat.html", keep=True, replay=replay, html=html)
 
     def send_live(self, html: str) -> None:
+        """Send to this socket, from any thread but the event loop's.
+
+        Waits until the server has taken the frame, like self.send(), but gives up when the
+        process is exiting: a server that stopped its event loop (daphne on SIGTERM) would
+        never take it, and exit waits for every reply thread.
+        """
         if not self.live:
             return
-        try:
-            self.send(text_data=html)
-        except OSError:
-            self.live = False  # the client went away; disconnect() follows
+        sent = asyncio.run_coroutine_threadsafe(self.send_frame(html), self.fanout.loop)
+        while not exiting.is_set():
+            try:
+                sent.result(timeout=1)
+                return
+            except TimeoutError:
+                continue  # a busy loop: wait on, unless the process is exiting
+            except OSError:
+                self.live = False  # the client went away; disconnect() follows
+                return
+
+    async def send_frame(self, html: str) -> None:
+        await self.base_send({"type": "websocket.send", "text": html})
 
     def broadcast(
         self, key: str, type: str, keep: bool = False, replay: bool = False, **fields

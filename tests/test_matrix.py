@@ -262,6 +262,30 @@ def test_text_answers_read_back_intact_from_pyproject(project: Path, combo: Comb
     assert metadata["authors"] == [{"name": answers["author_name"], "email": answers["email"]}]
 
 
+# A setting the app's code reads from the environment, and a key .env.example lists.
+ENV_READ = re.compile(r'(?:environ\.get|environ\[|getenv|env_bool|env_list)\(?"([A-Z][A-Z0-9_]*)"')
+ENV_EXAMPLE_KEY = re.compile(r"^#? ?([A-Z][A-Z0-9_]*)=", re.MULTILINE)
+
+
+def test_env_example_lists_every_setting_the_app_reads(project: Path) -> None:
+    texts = _texts(project)
+    code = [text for path, text in texts.items() if path.endswith(".py") and path[:6] != "tests/"]
+    read = {name for text in code for name in ENV_READ.findall(text)}
+
+    assert read - set(ENV_EXAMPLE_KEY.findall(texts[".env.example"])) == set()
+
+
+def test_compose_passes_every_setting_of_env_example_but_debug(project: Path) -> None:
+    """DJANGO_DEBUG stays the image's false: the .env the template wrote says true."""
+    import yaml  # cookiecutter's own dependency
+
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    listed = set(ENV_EXAMPLE_KEY.findall((project / ".env.example").read_text()))
+    for name in ("web", "migrate"):
+        passed = set(compose["services"][name]["environment"])
+        assert listed - passed == {"DJANGO_DEBUG"}, name
+
+
 def test_passes_ruff_lint(project: Path) -> None:
     assert_succeeds([sys.executable, "-m", "ruff", "check", "--no-cache", "."], project)
 
@@ -359,6 +383,7 @@ HOOKS_THAT_MUST_RUN = [
     "check toml",
     "hadolint (Dockerfile)",
     "GitHub workflows (JSON schema)",
+    "actionlint (GitHub workflows)",
     "compose file (JSON schema)",
 ]
 

@@ -150,9 +150,9 @@ ACCOUNT_RATE_LIMITS = {
 # Proxies of yours in front of the app: the client address is read from X-Forwarded-For.
 ALLAUTH_TRUSTED_PROXY_COUNT = int(os.environ.get("ALLAUTH_TRUSTED_PROXY_COUNT", "0"))
 
-# E-mail: printed to the console in development; in production EMAIL_URL says how to send,
-# e.g. smtp+tls://user:password@smtp.example.com:587 (django-environ's URL schemes), turned
-# into Django's MAILERS.
+# E-mail: printed to the console in development (by config/mail.py, so that links print whole);
+# in production EMAIL_URL says how to send, e.g. smtp+tls://user:password@smtp.example.com:587
+# (django-environ's URL schemes), turned into Django's MAILERS.
 # https://django-environ.readthedocs.io/en/latest/types.html#environ-env-email-url
 # https://docs.djangoproject.com/en/6.1/ref/settings/#mailers
 EMAIL_URL = os.environ.get("EMAIL_URL", "consolemail://" if DEBUG else "")
@@ -175,8 +175,11 @@ def mailer(url: str) -> dict:
         "use_ssl": config.get("EMAIL_USE_SSL"),
         "file_path": config["EMAIL_FILE_PATH"],
     }
+    backend = config["EMAIL_BACKEND"]
+    if backend == "django.core.mail.backends.console.EmailBackend":  # consolemail://, whole links
+        backend = "config.mail.EmailBackend"
     return {
-        "BACKEND": config["EMAIL_BACKEND"],
+        "BACKEND": backend,
         "OPTIONS": {name: value for name, value in options.items() if value},
     }
 

@@ -1,10 +1,13 @@
 """Accounts by django-allauth: verified e-mail, throttled login, password reset by mail."""
 
+import io
 import re
 
 import pytest
 from allauth.account.models import EmailAddress
 from django.contrib.auth import get_user_model
+
+from config.settings import mailer
 
 pytestmark = pytest.mark.django_db
 
@@ -66,6 +69,20 @@ def test_an_unverified_address_cannot_log_in_until_its_link_is_followed(client, 
     assert EmailAddress.objects.get(email="new@example.com").verified
     response = client.post("/accounts/login/", {"login": "new", "password": PASSWORD})
     assert response.status_code == 302 and "_auth_user_id" in client.session
+
+
+def test_the_development_console_prints_a_sign_up_link_whole_on_one_line(client, settings):
+    """The Quick start: sign up, copy the link from the devserver's console, open it."""
+    console = io.StringIO()
+    development = mailer("consolemail://")  # EMAIL_URL's default with DJANGO_DEBUG=true
+    settings.MAILERS = {"default": development | {"OPTIONS": {"stream": console}}}
+    fields = {"email": "quick@example.com", "username": "quick"}
+    client.post("/accounts/signup/", fields | {"password1": PASSWORD, "password2": PASSWORD})
+
+    (line,) = [line for line in console.getvalue().splitlines() if "/confirm-email/" in line]
+    link = re.search(r"http://testserver(/accounts/confirm-email/\S+)", line).group(1)
+    client.post(link)
+    assert EmailAddress.objects.get(email="quick@example.com").verified
 
 
 def test_the_login_page_links_to_a_password_reset_that_mails_a_working_link(

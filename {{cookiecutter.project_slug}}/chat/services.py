@@ -1,6 +1,7 @@
 """Database work of a chat turn. Plain sync functions, used by views and consumers."""
 
 import asyncio
+import functools
 import logging
 import time
 from datetime import timedelta
@@ -12,7 +13,7 @@ from channels.layers import get_channel_layer
 from django import db
 from django.conf import settings
 from django.contrib import auth
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -25,10 +26,34 @@ from .models import Conversation, Message
 logger = logging.getLogger(__name__)
 
 TITLE_LENGTH = 60
+NOT_SAVED = "Your message was not saved: the database is not answering. Send it again."
+
+# Failures of the database rather than of the data (PEP 249): the server went away or
+# restarted, every connection of the pool stayed busy past its timeout (psycopg_pool's
+# PoolTimeout), a lock or statement timeout. Django's own exceptions wrap the driver's.
+# https://peps.python.org/pep-0249/#operationalerror
+CONNECTION_ERRORS = (OperationalError, InterfaceError)
 
 
 class Refused(Exception):
     """The turn cannot start; the message is shown to the user and nothing is stored."""
+
+
+def refused_when_the_database_fails(start):
+    """A turn that cannot reach the database is Refused with NOT_SAVED (logged for the operator).
+
+    Its transaction never committed, so nothing of it is stored; the socket stays open.
+    """
+
+    @functools.wraps(start)
+    def guarded(*args, **kwargs):
+        try:
+            return start(*args, **kwargs)
+        except CONNECTION_ERRORS as error:
+            logger.warning("A turn could not start, the database failed: %r", error)
+            raise Refused(NOT_SAVED) from error
+
+    return guarded
 
 
 def conversation_of(user, conversation_id: int) -> Conversation | None:
@@ -87,6 +112,7 @@ def check_rate(user) -> None:
         raise Refused(refusal)
 
 
+@refused_when_the_database_fails
 def start_turn(conversation: Conversation, text: str) -> tuple[Message, Message]:
     """Store the user's message and an empty reply to stream into, before calling the model."""
     with transaction.atomic():
@@ -106,6 +132,7 @@ def start_turn(conversation: Conversation, text: str) -> tuple[Message, Message]
     return question, reply
 
 
+@refused_when_the_database_fails
 def start_retry(conversation: Conversation) -> Message:
     """A new reply to the latest user message, after one that ended short (see can_retry)."""
     with transaction.atomic():

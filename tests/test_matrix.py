@@ -336,16 +336,15 @@ def test_generated_projects_own_test_suite_passes(synced: Path, env: dict[str, s
     assert re.search(r"\b\d+ passed\b", result.output), result.describe()
 
 
-def test_generated_projects_database_edge_cases_pass_on_postgresql(
+def test_generated_projects_own_test_suite_passes_on_postgresql(
     synced: Path, env: dict[str, str]
 ) -> None:
-    """The tests marked postgres (NUL characters, the rate limit across processes and
-    connections) on a real PostgreSQL, in a test database of this run's own that pytest-django
-    creates and drops."""
+    """The whole suite again on a real PostgreSQL, in a test database of this run's own that
+    pytest-django creates and drops, with none left "being accessed by other users"."""
     server = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
     name = f"matrix_{uuid.uuid4().hex[:12]}"
     result = assert_succeeds(
-        [uv_bin(), "run", "pytest", "-m", "postgres", "-p", "no:cacheprovider"],
+        [uv_bin(), "run", "pytest", "-p", "no:cacheprovider"],
         synced,
         {**env, "DATABASE_URL": f"{server}/{name}"},
     )

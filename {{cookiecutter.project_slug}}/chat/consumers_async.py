@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 CLOSE_SIGNED_OUT = 4401  # htmx's ws extension does not reconnect on it
 FAILED = "Something went wrong while writing the reply. Retry in a moment."
 TOO_LONG = "The reply ran past the time limit and was cut off."
+NOT_STORED = "The reply could not be saved: the database is not answering. Retry in a moment."
 UNEXPECTED = "Something went wrong with that request. Try again in a moment."
 SIGNED_OUT = "You have been signed out. Sign in again to go on."
 
@@ -138,13 +139,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if refusal:
                 await self.send_live(fragments.error(refusal))
             return
-        if not await database_sync_to_async(services.signed_in)(self.scope):
-            # Logged out, a new password or deactivated since the socket opened.
-            await self.send_live(fragments.error(SIGNED_OUT))
-            self.live = False
-            await self.close(code=CLOSE_SIGNED_OUT)
-            return
         try:
+            if not await database_sync_to_async(services.signed_in)(self.scope):
+                # Logged out, a new password or deactivated since the socket opened.
+                await self.send_live(fragments.error(SIGNED_OUT))
+                self.live = False
+                await self.close(code=CLOSE_SIGNED_OUT)
+                return
             frame = parse_frame(
                 text_data,
                 bytes_data,
@@ -160,6 +161,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.ask(frame.message)
         except FrameError as error:
             await self.send_live(fragments.error(str(error)))
+        except services.CONNECTION_ERRORS:
+            logger.warning("Frame on conversation %s: the database failed", self.conversation.pk)
+            await self.send_live(fragments.error(services.NOT_SAVED))
         except Exception:
             # Whatever went wrong, this connection (and any reply it streams) lives on.
             logger.exception("Frame on conversation %s failed", self.conversation.pk)
@@ -248,8 +252,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             reply = await database_sync_to_async(services.finish_reply)(
                 reply, "".join(parts), status, error
             )
+        except Exception:  # the page still sees it end; the stored one soon shows interrupted
+            logger.exception("Reply %s could not be stored", reply.pk)
+            reply.status, reply.error = Message.Status.ERROR, NOT_STORED
         finally:
-            checkpoints.forget(reply.pk)  # if the write failed, the reply is soon interrupted
+            checkpoints.forget(reply.pk)
         await self.show(fragments.finished(reply), key=f"message-{reply.pk}", replay=True)
 
     async def show(self, html: str, key: str, replay: bool = False) -> None:

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 CLOSE_SIGNED_OUT = 4401  # htmx's ws extension does not reconnect on it
 FAILED = "Something went wrong while writing the reply. Retry in a moment."
 TOO_LONG = "The reply ran past the time limit and was cut off."
+NOT_STORED = "The reply could not be saved: the database is not answering. Retry in a moment."
 UNEXPECTED = "Something went wrong with that request. Try again in a moment."
 SIGNED_OUT = "You have been signed out. Sign in again to go on."
 
@@ -187,13 +188,13 @@ class ChatConsumer(WebsocketConsumer):
             if refusal:
                 self.send_live(fragments.error(refusal))
             return
-        if not services.signed_in(self.scope):
-            # Logged out, a new password or deactivated since the socket opened.
-            self.send_live(fragments.error(SIGNED_OUT))
-            self.live = False
-            self.close(code=CLOSE_SIGNED_OUT)
-            return
         try:
+            if not services.signed_in(self.scope):
+                # Logged out, a new password or deactivated since the socket opened.
+                self.send_live(fragments.error(SIGNED_OUT))
+                self.live = False
+                self.close(code=CLOSE_SIGNED_OUT)
+                return
             frame = parse_frame(
                 text_data,
                 bytes_data,
@@ -209,6 +210,9 @@ class ChatConsumer(WebsocketConsumer):
                 self.ask(frame.message)
         except FrameError as error:
             self.send_live(fragments.error(str(error)))
+        except services.CONNECTION_ERRORS:
+            logger.warning("Frame on conversation %s: the database failed", self.conversation.pk)
+            self.send_live(fragments.error(services.NOT_SAVED))
         except Exception:
             # Whatever went wrong, this connection (and any reply it streams) lives on.
             logger.exception("Frame on conversation %s failed", self.conversation.pk)
@@ -297,11 +301,11 @@ class ChatConsumer(WebsocketConsumer):
             self.send_live(live("".join(parts)))
         try:
             reply = services.finish_reply(reply, "".join(parts), status, error)
+        except Exception:  # the page still sees it end; the stored one soon shows interrupted
+            logger.exception("Reply %s could not be stored", reply.pk)
+            reply.status, reply.error = Message.Status.ERROR, NOT_STORED
         finally:
-            # Back to the pool now: the close that database_sync_to_async makes after this
-            # function does not always see a connection opened in here.
-            db.connection.close()
-            checkpoints.forget(reply.pk)  # if the write failed, the reply is soon interrupted
+            checkpoints.forget(reply.pk)
             if self.keeper is not None:
                 with suppress(RuntimeError):  # the server's loop has closed
                     self.fanout.loop.call_soon_threadsafe(self.keeper.cancel)
@@ -340,7 +344,8 @@ class ChatConsumer(WebsocketConsumer):
                 return
 
     async def send_frame(self, html: str) -> None:
-        await self.base_send({"type": "websocket.send", "text": html})
+        # A sync consumer's base_send is the server's send wrapped in async_to_sync.
+        await self.base_send.awaitable({"type": "websocket.send", "text": html})
 
     def broadcast(
         self, key: str, type: str, keep: bool = False, replay: bool = False, **fields

@@ -19,7 +19,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connections
+from django.db import close_old_connections, connections
 from django.test import Client
 
 from chat import consumers
@@ -62,6 +62,15 @@ def fast_password_hashing(settings):
 def own_cache(settings):
     """Account rate limits count in the cache: each test starts with an empty one of its own."""
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+@pytest.fixture(autouse=True)
+def connections_given_back(monkeypatch):
+    """database_sync_to_async gives its thread's connection back after each call, as under a
+    server. Channels' test communicator turns that off while a test sends or waits for frames
+    (channels/testing/application.py: channels.db.close_old_connections becomes no_op), so
+    that a TestCase's transaction survives; these tests commit for real."""
+    monkeypatch.setattr("channels.testing.application.no_op", close_old_connections)
 
 
 @pytest.fixture(autouse=True)

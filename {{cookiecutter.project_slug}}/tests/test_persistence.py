@@ -22,7 +22,6 @@ from .conftest import (
     FINISHED,
     LIVE,
     final_status,
-    live_text,
     read_reply,
     read_until,
     wait_for_reply,
@@ -41,7 +40,7 @@ def words(count: int) -> list[str]:
 
 
 async def reply_of(conversation) -> Message:
-    return await Message.objects.filter(conversation=conversation, role="assistant").alast()
+    return await Message.objects.filter(conversation=conversation, role="assistant").alatest("pk")
 
 
 # Checkpoints and heartbeats

@@ -75,6 +75,13 @@ ACCOUNT_RATE_LIMITS = dict(ACCOUNT_RATE_LIMITS, signup="1000/m/ip")  # noqa: F40
 """
 
 
+@pytest.fixture(autouse=True)
+def close_async_orm_connections():
+    """Overrides tests/conftest.py's: these tests make no async ORM calls (each server under
+    test has a database of its own), and Playwright's sync API refuses an event loop."""
+    return
+
+
 # --------------------------------------------------------------------------- the server
 
 

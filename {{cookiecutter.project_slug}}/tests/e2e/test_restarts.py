@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -151,15 +152,17 @@ class Site:
             self.signal(signal.SIGKILL)
             self.wait_for_exit()
 
-    def ask(self, text: str):
-        socket = connect(
+    @contextmanager
+    def asking(self, text: str) -> Iterator[None]:
+        """A socket open while the body runs, which has sent this message."""
+        with connect(
             f"ws://127.0.0.1:{self.port}/ws/chat/{self.conversation}/",
             origin=f"http://127.0.0.1:{self.port}",
             additional_headers={"Cookie": f"sessionid={self.session}"},
             open_timeout=WAIT,
-        )
-        socket.send(json.dumps({"message": text}))
-        return socket
+        ) as socket:
+            socket.send(json.dumps({"message": text}))
+            yield
 
     def reply(self) -> tuple[str, str]:
         """(status, content) of the latest reply, as stored."""
@@ -214,12 +217,11 @@ def streaming_with_text(reply: tuple[str, str]) -> bool:
 @pytest.mark.parametrize("server", ["uvicorn", "daphne"])
 def test_sigterm_mid_reply_saves_the_text_so_far_as_stopped(site: Site, server: str) -> None:
     site.start(server)
-    socket = site.ask(QUESTION)
-    site.wait_for_reply(streaming_with_text, "checkpointed")
+    with site.asking(QUESTION):
+        site.wait_for_reply(streaming_with_text, "checkpointed")
 
-    site.signal(signal.SIGTERM)
-    site.wait_for_exit()
-    socket.close()
+        site.signal(signal.SIGTERM)
+        site.wait_for_exit()
 
     status, content = site.reply()
     assert status == "stopped"
@@ -228,12 +230,11 @@ def test_sigterm_mid_reply_saves_the_text_so_far_as_stopped(site: Site, server: 
 
 def test_a_devserver_reload_mid_reply_saves_the_text_so_far_as_stopped(site: Site) -> None:
     site.start("devserver")
-    socket = site.ask(QUESTION)
-    site.wait_for_reply(streaming_with_text, "checkpointed")
+    with site.asking(QUESTION):
+        site.wait_for_reply(streaming_with_text, "checkpointed")
 
-    site.settings_file.touch()  # an edit: the auto-reloader restarts the server process
-    status, content = site.wait_for_reply(lambda reply: reply[0] != "streaming", "saved")
-    socket.close()
+        site.settings_file.touch()  # an edit: the auto-reloader restarts the server process
+        status, content = site.wait_for_reply(lambda reply: reply[0] != "streaming", "saved")
 
     assert status == "stopped"
     assert "You said" in content
@@ -243,12 +244,11 @@ def test_a_killed_server_leaves_the_reply_interrupted_with_its_text_and_the_chat
     site: Site,
 ) -> None:
     site.start("uvicorn")
-    socket = site.ask(QUESTION)
-    site.wait_for_reply(streaming_with_text, "checkpointed")
+    with site.asking(QUESTION):
+        site.wait_for_reply(streaming_with_text, "checkpointed")
 
-    site.signal(signal.SIGKILL)  # nothing runs: only the last checkpoint is left
-    site.wait_for_exit()
-    socket.close()
+        site.signal(signal.SIGKILL)  # nothing runs: only the last checkpoint is left
+        site.wait_for_exit()
     status, kept = site.reply()
     assert status == "streaming" and "You said" in kept
     site.start("uvicorn")
@@ -257,6 +257,5 @@ def test_a_killed_server_leaves_the_reply_interrupted_with_its_text_and_the_chat
     page = site.wait_for_page("The server stopped while writing this reply")
     assert 'class="message assistant interrupted"' in page
     assert 'name="action" value="retry"' in page
-    socket = site.ask("Hello again")
-    site.wait_for_reply(lambda reply: "You said: Hello again" in reply[1], "answering")
-    socket.close()
+    with site.asking("Hello again"):
+        site.wait_for_reply(lambda reply: "You said: Hello again" in reply[1], "answering")

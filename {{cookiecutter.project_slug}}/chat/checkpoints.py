@@ -109,7 +109,7 @@ class Checkpoints:
                 content=text, status=Message.Status.STOPPED, updated_at=timezone.now()
             )
         if pending:
-            logger.warning("Saved %d unfinished replies as stopped at exit", len(pending))
+            logger.warning("Replies saved as stopped at exit: %d", len(pending))
         return len(pending)
 
 

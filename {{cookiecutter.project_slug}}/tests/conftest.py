@@ -203,6 +203,15 @@ async def connect():
         await socket.disconnect(timeout=5)
     # Replies still being written finish while this test's event loop runs: one that
     # outlived it would wait for the loop forever.
+    await replies_ended(wait=20)
+    # Connections the consumers opened in this loop's threads: close them, or
+    # PostgreSQL refuses to drop the test database at the end of the run.
+    await database_sync_to_async(connections.close_all)()
+
+
+async def replies_ended(wait: float) -> None:
+    """Wait, up to `wait` seconds, until the replies started in this test's event loop have
+    ended, however they ended (with the sync consumer: their threads too)."""
     loop = asyncio.get_running_loop()
 {%- if cookiecutter.consumer == "async" %}
     running = {task for task in consumers.replies.values() if task.get_loop() is loop}
@@ -210,10 +219,7 @@ async def connect():
     running = {task for task in consumers.background if task.get_loop() is loop}
 {%- endif %}
     if running:
-        await asyncio.wait(running, timeout=20)
-    # Connections the consumers opened in this loop's threads: close them, or
-    # PostgreSQL refuses to drop the test database at the end of the run.
-    await database_sync_to_async(connections.close_all)()
+        await asyncio.wait(running, timeout=wait)
 
 
 async def read_until(socket: WebsocketCommunicator, pattern: re.Pattern, wait: float = 10):
@@ -332,15 +338,7 @@ async def end_while_the_provider_is_silent(
     else:
         monkeypatch.setattr(settings, "CHAT_RESUME_GRACE", 0)
         await chat.disconnect(timeout=5)
-    # The reply's own task (and, for the sync consumer, its thread) has ended.
-    loop = asyncio.get_running_loop()
-{%- if cookiecutter.consumer == "async" %}
-    running = {task for task in consumers.replies.values() if task.get_loop() is loop}
-{%- else %}
-    running = {task for task in consumers.background if task.get_loop() is loop}
-{%- endif %}
-    if running:
-        await asyncio.wait(running, timeout=10)
+    await replies_ended(wait=10)  # the reply's own task (and, sync, its thread) has ended
     ended = time.monotonic() - ended_at
     stored = await Message.objects.filter(conversation=conversation).alast()
     return frames, stored, ended

@@ -21,12 +21,12 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from psycopg import sql
 
-from chat import consumers, services
+from chat import services
 from chat.checkpoints import checkpoints
 from chat.llm.demo import DemoModel
 from chat.models import Conversation, Message
 
-from .conftest import FINISHED, final_status, read_reply
+from .conftest import FINISHED, final_status, read_reply, replies_ended
 
 pytestmark = [
     pytest.mark.postgres,
@@ -188,18 +188,6 @@ def held_model(monkeypatch):
         model.release()
 
 
-async def replies_ended() -> None:
-    """Wait until the replies this test's sockets write have ended, however they ended."""
-    loop = asyncio.get_running_loop()
-{%- if cookiecutter.consumer == "async" %}
-    running = {task for task in consumers.replies.values() if task.get_loop() is loop}
-{%- else %}
-    running = {task for task in consumers.background if task.get_loop() is loop}
-{%- endif %}
-    if running:
-        await asyncio.wait(running, timeout=30)
-
-
 async def frames_sent(socket) -> list[str]:
     """The frames the socket has been sent and not yet read."""
     frames = []
@@ -286,6 +274,16 @@ async def test_a_connection_lost_while_a_turn_starts_is_explained_and_stores_not
     assert stored == ["user", "assistant"]
 
 
+async def reply_held_at_its_first_token(user, conversation, connect, held_model):
+    """Ask over a socket; the socket, the held model and the stored reply once it streams."""
+    model = held_model()
+    socket = await connect(user, conversation.pk)
+    await socket.send_to(json.dumps({"message": "Hello"}))
+    assert await asyncio.to_thread(model.all_started.wait, 30)
+    reply = await Message.objects.aget(conversation=conversation, role="assistant")
+    return socket, model, reply
+
+
 @pytest.fixture
 def no_checkpoints(monkeypatch):
     """The checkpoint writer (chat/checkpoints.py) leaves replies alone: it would wait on a
@@ -296,11 +294,9 @@ def no_checkpoints(monkeypatch):
 async def test_a_connection_lost_while_a_reply_ends_is_replaced_and_the_end_stored(
     user, conversation, connect, held_model, sessions, no_checkpoints
 ):
-    model = held_model()
-    socket = await connect(user, conversation.pk)
-    await socket.send_to(json.dumps({"message": "Hello"}))
-    assert await asyncio.to_thread(model.all_started.wait, 30)
-    reply = await Message.objects.aget(conversation=conversation, role="assistant")
+    socket, model, reply = await reply_held_at_its_first_token(
+        user, conversation, connect, held_model
+    )
 
     with sessions.row_locked(reply) as holder:
         model.release()
@@ -320,11 +316,9 @@ async def test_a_reply_whose_end_cannot_be_stored_still_ends_on_the_page(
     """finish_reply tries twice (chat/services.py); when both fail, the stored reply shows as
     interrupted once its heartbeat is old, but the page that asked must be told at once, not
     left showing a reply that streams forever; and the socket stays open."""
-    model = held_model()
-    socket = await connect(user, conversation.pk)
-    await socket.send_to(json.dumps({"message": "Hello"}))
-    assert await asyncio.to_thread(model.all_started.wait, 30)
-    reply = await Message.objects.aget(conversation=conversation, role="assistant")
+    socket, model, reply = await reply_held_at_its_first_token(
+        user, conversation, connect, held_model
+    )
 
     with sessions.row_locked(reply) as holder:
         model.release()
@@ -332,7 +326,7 @@ async def test_a_reply_whose_end_cannot_be_stored_still_ends_on_the_page(
         sessions.terminate(first)
         second = await asyncio.to_thread(sessions.blocked_by, holder, {first})
         sessions.terminate(second)
-    await replies_ended()
+    await replies_ended(wait=30)
     frames = await frames_sent(socket)
 
     assert FINISHED.search(frames[-1]), "the page still shows the reply streaming"

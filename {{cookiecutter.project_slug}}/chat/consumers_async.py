@@ -25,6 +25,7 @@ from .fanout import Fanout, renew_membership
 from .frames import FrameError, parse_frame, storable_text
 from .llm import ProviderError, get_chat_model
 from .models import Message
+from .presence import Presence
 from .resume import keep_reply
 from .streaming import Every, FrameBuffer
 
@@ -46,18 +47,27 @@ outage_logged = False
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
-{%- if cookiecutter.channel_layer == "redis" %}
-    async def __call__(self, scope, receive, send) -> None:
-        """Refuse the handshake while Redis is unreachable; the page reconnects by itself.
+    live = False  # True while the socket is open and accepted
+    reply_task: asyncio.Task | None = None  # the reply this connection asked for
 
-        Channels subscribes this connection's channel before connect() runs, so with Redis
-        down the error comes from here. A refused handshake reaches the browser as close
+    async def __call__(self, scope, receive, send) -> None:
+        """Channels' consumer loop; whatever ends it, the connection leaves the channel layer
+        (chat/layers.py: Channels alone may leave its channel behind).
+{%- if cookiecutter.channel_layer == "redis" %}
+
+        While Redis is unreachable the handshake is refused, and the page reconnects by
+        itself. Channels subscribes this connection's channel before connect() runs, so with
+        Redis down the error comes from here. A refused handshake reaches the browser as close
         code 1006, on which htmx's ws extension reconnects, under uvicorn and daphne alike
         (daphne refuses to send 1013, "try again later"). The page shows "Reconnecting...".
+{%- endif %}
         """
+{%- if cookiecutter.channel_layer == "redis" %}
         global outage_logged
+{%- endif %}
         try:
             await super().__call__(scope, receive, send)
+{%- if cookiecutter.channel_layer == "redis" %}
         except (OSError, RedisError) as error:
             if hasattr(self, "group"):
                 raise  # the connection was up: not an outage at connect time
@@ -65,9 +75,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 outage_logged = True
                 logger.warning("Channel layer unreachable, refusing connections: %r", error)
             await send({"type": "websocket.close"})
-{% endif %}
-    live = False  # True while the socket is open and accepted
-    reply_task: asyncio.Task | None = None  # the reply this connection asked for
+{%- endif %}
+        finally:
+            if hasattr(self, "channel_name"):
+                await self.leave_channel_layer()
+
+    async def leave_channel_layer(self) -> None:
+        """Leave the groups and delete the channel, however the connection ended: on a close,
+        and also when connect() failed halfway (accepting a client that had already gone)."""
+        groups = list(self.fanout.groups) if hasattr(self, "fanout") else []
+        try:
+            for group in groups:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            await self.channel_layer.delete_channel(self.channel_name)
+        except Exception as error:  # noqa: BLE001 - the layer is down: nothing to leave
+            logger.info("Channel layer: could not leave %s: %r", groups, error)
 
     async def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
@@ -84,7 +106,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=fragments.error(refusal))
             await self.close(code=limits.CLOSE_OVER_LIMIT)
             return
-        self.peers: set[str] = set()
         self.live = True
         await self.channel_layer.group_add(self.conversation.group_name, self.channel_name)
         self.group = self.conversation.group_name
@@ -96,15 +117,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
 {%- endif %}
         self.fanout = Fanout(
             asyncio.get_running_loop(),
-            send_group=lambda message: self.channel_layer.group_send(self.group, message),
-            send_channel=self.channel_layer.send,
+            self.channel_layer,
+            self.channel_name,
+            self.group,
             on_change=self.fanout_changed,
         )
-        self.membership = asyncio.create_task(
-            renew_membership(self.channel_layer, self.group, self.channel_name)
-        )
-        await self.accept()
-        self.broadcast("presence", "chat.presence", event="joined")
+        self.presence = Presence(self.fanout)
+        self.membership = asyncio.create_task(renew_membership(self.fanout))
+        try:
+            await self.accept()
+        except OSError:  # the client left during the handshake (uvicorn's ClientDisconnected)
+            await self.disconnect(1006)  # Channels only calls it for a socket that opened
+            raise
+        self.presence.announce("joined")
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "limits"):
@@ -112,20 +137,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not hasattr(self, "group"):
             return
         self.live = False
-        self.broadcast("presence", "chat.presence", event="left")
+        self.presence.announce("left")
         self.fanout.close()
         self.membership.cancel()
-        try:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-        except Exception as error:  # noqa: BLE001 - the layer is down: nothing to discard
-            logger.info("Channel layer: could not leave %s: %r", self.group, error)
         if self.reply_task and not self.reply_task.done():
             # Maybe a reload: the reply goes on while a tab may come back (chat/resume.py).
             keeper = asyncio.create_task(
                 keep_reply(
                     self.channel_layer,
                     self.group,
-                    self.peers,
+                    self.presence.watchers,
                     stop=self.reply_task.cancel,
                     grace=settings.CHAT_RESUME_GRACE,
                 )
@@ -217,6 +238,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         status, error = Message.Status.COMPLETE, ""
         stream = None
         checkpoints.track(reply.pk, parts)  # its text is written back every second
+        self.presence.listen()  # who watches: they get snapshots
         try:
             async with asyncio.timeout(settings.CHAT_GENERATION_TIMEOUT):
                 history = await database_sync_to_async(services.model_input)(reply)
@@ -226,7 +248,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     if frames.add(piece):
                         await self.send_live(live("".join(parts)))
                     # Snapshots for the other tabs, or for a tab coming back after a reload.
-                    if (self.peers or not self.live) and snapshots.due():
+                    if (self.presence.watchers or not self.live) and snapshots.due():
                         snapshot = live("".join(parts))
                         self.broadcast(f"message-{reply.pk}", "chat.html", html=snapshot)
         except asyncio.CancelledError:
@@ -289,22 +311,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def fanout_changed(self, up: bool) -> None:
         """Tell this page once when fan-out pauses and once when it resumes."""
         await self.send_live(fragments.live_status(up))
-        if up:  # others may have come or gone meanwhile: announce this connection again
-            self.broadcast("presence", "chat.presence", event="joined")
+        if up:
+            self.presence.reconnected()
 
     # Channel-layer messages from other connections on this conversation.
 
     async def chat_presence(self, event: dict) -> None:
-        sender = event["sender"]
-        if sender == self.channel_name:
-            return
-        if event["event"] == "left":
-            self.peers.discard(sender)
-            return
-        self.peers.add(sender)
-        if event["event"] == "joined":
-            here = {"type": "chat.presence", "event": "here", "sender": self.channel_name}
-            self.fanout.put(f"here-{sender}", here, channel=sender, keep=False)
+        self.presence.heard(event)
 
     async def chat_html(self, event: dict) -> None:
         if event["sender"] != self.channel_name:

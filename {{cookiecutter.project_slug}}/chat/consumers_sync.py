@@ -35,6 +35,7 @@ from .frames import FrameError, parse_frame, storable_text
 from .llm import ProviderError, get_chat_model
 from .llm.base import StopSignal
 from .models import Message
+from .presence import Presence
 from .resume import keep_reply
 from .streaming import Every, FrameBuffer
 
@@ -86,18 +87,28 @@ async def run_in_reply_thread(func, *args) -> None:
 
 
 class ChatConsumer(WebsocketConsumer):
-{%- if cookiecutter.channel_layer == "redis" %}
-    async def __call__(self, scope, receive, send) -> None:
-        """Refuse the handshake while Redis is unreachable; the page reconnects by itself.
+    live = False  # True while the socket is open and accepted
+    reply_stop: StopSignal | None = None  # stops the reply this connection asked for
+    keeper: asyncio.Task | None = None  # keeps that reply going once the socket closed
 
-        Channels subscribes this connection's channel before connect() runs, so with Redis
-        down the error comes from here. A refused handshake reaches the browser as close
+    async def __call__(self, scope, receive, send) -> None:
+        """Channels' consumer loop; whatever ends it, the connection leaves the channel layer
+        (chat/layers.py: Channels alone may leave its channel behind).
+{%- if cookiecutter.channel_layer == "redis" %}
+
+        While Redis is unreachable the handshake is refused, and the page reconnects by
+        itself. Channels subscribes this connection's channel before connect() runs, so with
+        Redis down the error comes from here. A refused handshake reaches the browser as close
         code 1006, on which htmx's ws extension reconnects, under uvicorn and daphne alike
         (daphne refuses to send 1013, "try again later"). The page shows "Reconnecting...".
+{%- endif %}
         """
+{%- if cookiecutter.channel_layer == "redis" %}
         global outage_logged
+{%- endif %}
         try:
             await super().__call__(scope, receive, send)
+{%- if cookiecutter.channel_layer == "redis" %}
         except (OSError, RedisError) as error:
             if hasattr(self, "group"):
                 raise  # the connection was up: not an outage at connect time
@@ -105,10 +116,21 @@ class ChatConsumer(WebsocketConsumer):
                 outage_logged = True
                 logger.warning("Channel layer unreachable, refusing connections: %r", error)
             await send({"type": "websocket.close"})
-{% endif %}
-    live = False  # True while the socket is open and accepted
-    reply_stop: StopSignal | None = None  # stops the reply this connection asked for
-    keeper: asyncio.Task | None = None  # keeps that reply going once the socket closed
+{%- endif %}
+        finally:
+            if hasattr(self, "channel_name"):
+                await self.leave_channel_layer()
+
+    async def leave_channel_layer(self) -> None:
+        """Leave the groups and delete the channel, however the connection ended: on a close,
+        and also when connect() failed halfway (accepting a client that had already gone)."""
+        groups = list(self.fanout.groups) if hasattr(self, "fanout") else []
+        try:
+            for group in groups:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            await self.channel_layer.delete_channel(self.channel_name)
+        except Exception as error:  # noqa: BLE001 - the layer is down: nothing to leave
+            logger.info("Channel layer: could not leave %s: %r", groups, error)
 
     def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
@@ -123,7 +145,6 @@ class ChatConsumer(WebsocketConsumer):
             self.send(text_data=fragments.error(refusal))
             self.close(code=limits.CLOSE_OVER_LIMIT)
             return
-        self.peers: set[str] = set()
         self.live = True
         async_to_sync(self.channel_layer.group_add)(self.conversation.group_name, self.channel_name)
         self.group = self.conversation.group_name
@@ -134,21 +155,26 @@ class ChatConsumer(WebsocketConsumer):
             logger.warning("Channel layer reachable again: accepting connections")
 {%- endif %}
         self.fanout = async_to_sync(self.open_fanout)()
-        self.accept()
-        self.broadcast("presence", "chat.presence", event="joined")
+        self.presence = Presence(self.fanout)
+        try:
+            self.accept()
+        except OSError:  # the client left during the handshake (uvicorn's ClientDisconnected)
+            self.disconnect(1006)  # Channels only calls it for a socket that opened
+            raise
+        self.presence.announce("joined")
 
     async def open_fanout(self) -> Fanout:
         """The outbox lives on the server's event loop, where the layer's sends run; so does
-        the task that keeps this connection in its group."""
-        self.membership = asyncio.create_task(
-            renew_membership(self.channel_layer, self.group, self.channel_name)
-        )
-        return Fanout(
+        the task that keeps this connection in its groups."""
+        fanout = Fanout(
             asyncio.get_running_loop(),
-            send_group=lambda message: self.channel_layer.group_send(self.group, message),
-            send_channel=self.channel_layer.send,
+            self.channel_layer,
+            self.channel_name,
+            self.group,
             on_change=self.fanout_changed,
         )
+        self.membership = asyncio.create_task(renew_membership(fanout))
+        return fanout
 
     def disconnect(self, code: int) -> None:
         if hasattr(self, "limits"):
@@ -156,13 +182,9 @@ class ChatConsumer(WebsocketConsumer):
         if not hasattr(self, "group"):
             return
         self.live = False
-        self.broadcast("presence", "chat.presence", event="left")
+        self.presence.announce("left")
         self.fanout.close()
         self.fanout.loop.call_soon_threadsafe(self.membership.cancel)
-        try:
-            async_to_sync(self.channel_layer.group_discard)(self.group, self.channel_name)
-        except Exception as error:  # noqa: BLE001 - the layer is down: nothing to discard
-            logger.info("Channel layer: could not leave %s: %r", self.group, error)
         if self.reply_stop is not None and replies.get(self.conversation.pk) is self.reply_stop:
             # Maybe a reload: the reply goes on while a tab may come back (chat/resume.py).
             self.keeper = async_to_sync(self.keep_reply)(self.reply_stop)
@@ -172,7 +194,7 @@ class ChatConsumer(WebsocketConsumer):
             keep_reply(
                 self.channel_layer,
                 self.group,
-                self.peers,
+                self.presence.watchers,
                 stop=stop.set,
                 grace=settings.CHAT_RESUME_GRACE,
             )
@@ -259,6 +281,7 @@ class ChatConsumer(WebsocketConsumer):
         stream = None
         deadline = time.monotonic() + settings.CHAT_GENERATION_TIMEOUT
         checkpoints.track(reply.pk, parts)  # its text is written back every second
+        self.presence.listen()  # who watches: they get snapshots
         try:
             history = services.model_input(reply)
             db.connection.close()  # back to the pool: no connection is held across the stream
@@ -273,7 +296,7 @@ class ChatConsumer(WebsocketConsumer):
                 if frames.add(piece):
                     self.send_live(live("".join(parts)))
                 # Snapshots for the other tabs, or for a tab coming back after a reload.
-                if (self.peers or not self.live) and snapshots.due():
+                if (self.presence.watchers or not self.live) and snapshots.due():
                     snapshot = live("".join(parts))
                     self.broadcast(f"message-{reply.pk}", "chat.html", html=snapshot)
             if stop.is_set():
@@ -360,22 +383,13 @@ class ChatConsumer(WebsocketConsumer):
         Runs on the event loop, where sync send() cannot be called: hand it to a thread.
         """
         await sync_to_async(self.send_live, thread_sensitive=False)(fragments.live_status(up))
-        if up:  # others may have come or gone meanwhile: announce this connection again
-            self.broadcast("presence", "chat.presence", event="joined")
+        if up:
+            self.presence.reconnected()
 
     # Channel-layer messages from other connections on this conversation.
 
     def chat_presence(self, event: dict) -> None:
-        sender = event["sender"]
-        if sender == self.channel_name:
-            return
-        if event["event"] == "left":
-            self.peers.discard(sender)
-            return
-        self.peers.add(sender)
-        if event["event"] == "joined":
-            here = {"type": "chat.presence", "event": "here", "sender": self.channel_name}
-            self.fanout.put(f"here-{sender}", here, channel=sender, keep=False)
+        self.presence.heard(event)
 
     def chat_html(self, event: dict) -> None:
         if event["sender"] != self.channel_name:

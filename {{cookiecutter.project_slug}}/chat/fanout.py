@@ -17,6 +17,8 @@ nothing.
   server is back), so what can be shown twice without harm (``replay=True``: a reply's
   finished state, which replaces itself) is sent once more ``REPLAY_DELAY`` seconds later.
   Pages also check a reply that shows no progress for a while themselves (chat.js).
+- Joining a group (``join``) goes through the outbox too, kept across an outage, so what
+  is queued after it is sent once the connection is in the group.
 - ``on_change(False)`` is awaited once when fan-out goes down and ``on_change(True)`` once
   when it is back. Any exception from the layer counts as "down": fan-out is best effort,
   and the reason is logged.
@@ -39,30 +41,35 @@ REPLAY_DELAY = 3.0  # seconds after an outage before replayable entries are sent
 
 @dataclass(frozen=True)
 class Entry:
-    message: dict
-    channel: str | None  # a single channel; None: the conversation's group
+    call: str  # the layer's method: "group_send", "send" or "group_add"
+    target: str  # the group, or the single channel of "send"
+    message: dict | None  # None for "group_add"
     keep: bool  # still worth sending after an outage
     replay: bool  # harmless to show twice: sent again a while after an outage
 
 
 class Fanout:
-    """The outbox of one connection.
+    """The outbox of one connection: what it sends through the channel layer, in order.
 
-    ``put`` may be called from any thread (the sync consumer's reply threads too); the
-    sends happen on ``loop``. ``send_group(message)`` and ``send_channel(channel, message)``
-    are the channel layer's.
+    ``put`` and ``join`` may be called from any thread (the sync consumer's reply threads
+    too); the layer is called on ``loop``. ``channel`` is the connection's own, ``group``
+    the conversation's, which the connection joined itself; ``groups`` lists every group
+    it is in.
     """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        send_group: Callable[[dict], Awaitable[None]],
-        send_channel: Callable[[str, dict], Awaitable[None]],
+        layer,
+        channel: str,
+        group: str,
         on_change: Callable[[bool], Awaitable[None]],
     ) -> None:
         self.loop = loop
-        self.send_group = send_group
-        self.send_channel = send_channel
+        self.layer = layer
+        self.channel = channel
+        self.group = group
+        self.groups = {group}
         self.on_change = on_change
         self.outbox: OrderedDict[str, Entry] = OrderedDict()
         self.to_replay: dict[str, Entry] = {}
@@ -78,17 +85,36 @@ class Fanout:
         message: dict,
         *,
         channel: str | None = None,
+        group: str | None = None,
         keep: bool = False,
         replay: bool = False,
     ) -> None:
-        """Queue a message, replacing any still waiting under the same key; never blocks."""
-        entry = Entry(message, channel, keep or replay, replay)
+        """Queue a message for a channel, or a group (by default the conversation's),
+        replacing any still waiting under the same key; never blocks."""
+        if channel is not None:
+            entry = Entry("send", channel, message, keep or replay, replay)
+        else:
+            entry = Entry("group_send", group or self.group, message, keep or replay, replay)
+        self._put_threadsafe(key, entry)
+
+    def join(self, group: str) -> None:
+        """Join another group, before anything queued after this is sent; never blocks."""
+        self._put_threadsafe(f"join-{group}", Entry("group_add", group, None, True, False))
+
+    def _put_threadsafe(self, key: str, entry: Entry) -> None:
         with suppress(RuntimeError):  # the server's loop has closed: nobody is left to tell
             self.loop.call_soon_threadsafe(self._put, key, entry)
 
     def close(self) -> None:
-        """The connection is gone: send what is waiting (within limits), then stop."""
+        """The connection is gone: send what is waiting (within limits), then stop; join
+        nothing more."""
         self.closing = True
+        with suppress(RuntimeError):  # the server's loop has closed
+            self.loop.call_soon_threadsafe(self._drop_joins)
+
+    def _drop_joins(self) -> None:
+        for key in [key for key, entry in self.outbox.items() if entry.call == "group_add"]:
+            del self.outbox[key]
 
     def _put(self, key: str, entry: Entry) -> None:
         self.outbox[key] = entry
@@ -103,10 +129,13 @@ class Fanout:
                 await asyncio.sleep(self.retry_at - self.loop.time())
             key, entry = next(iter(self.outbox.items()))
             try:
-                if entry.channel is None:
-                    await self.send_group(entry.message)
+                if entry.call == "group_add":
+                    await self.layer.group_add(entry.target, self.channel)
+                    self.groups.add(entry.target)
+                    if self.closing:  # the connection left its groups meanwhile
+                        await self.layer.group_discard(entry.target, self.channel)
                 else:
-                    await self.send_channel(entry.channel, entry.message)
+                    await getattr(self.layer, entry.call)(entry.target, entry.message)
             except Exception as error:  # noqa: BLE001 - best effort, logged
                 await self._went_down(error)
                 if self.closing and self.delay >= MAX_DELAY:
@@ -141,18 +170,18 @@ class Fanout:
             await self.on_change(False)
 
 
-async def renew_membership(layer, group: str, channel: str) -> None:
-    """Keep a connection in its group for as long as it lives.
+async def renew_membership(fanout: Fanout) -> None:
+    """Keep a connection in its groups for as long as it lives.
 
     Layers with a group expiry (Channels' in-memory layer: 86,400 s by default) drop a
     member that joined longer ago than that; joining again restarts its clock. Returns at
     once for layers without one (the Redis pub/sub layer). Cancel it when the connection
     closes.
     """
-    expiry = getattr(layer, "group_expiry", None)
+    expiry = getattr(fanout.layer, "group_expiry", None)
     if not expiry:
         return
     while True:
         await asyncio.sleep(expiry / 4)
-        with suppress(Exception):  # a layer that is down: try again next time
-            await layer.group_add(group, channel)
+        for group in list(fanout.groups):
+            fanout.join(group)

@@ -1,17 +1,20 @@
 """A reply outlives its socket for a while, so a reloaded page picks it up where it is.
 
 When the connection writing a reply closes (a reload, a dropped network), the reply goes on
-and ``keep_reply`` listens on a channel of its own in the conversation's group. A tab that
-opens the conversation announces itself there ("joined"); from then on the reply goes on as
-if nothing had happened: its snapshots and its finished state reach that tab through the
-layer, and the page it loaded already showed the text of the last checkpoint. Stop from any
-tab still stops it. Once nobody has watched for ``grace`` seconds, ``stop()`` is called and
-the reply is saved as stopped: nobody pays for tokens nobody reads.
+and ``keep_reply`` listens on a channel of its own in the conversation's groups, as a
+listener (chat/presence.py). A tab that opens the conversation announces itself there
+("joined"); from then on the reply goes on as if nothing had happened: its snapshots and
+its finished state reach that tab through the layer, and the page it loaded already showed
+the text of the last checkpoint. Stop from any tab still stops it. Once nobody has watched
+for ``grace`` seconds, ``stop()`` is called and the reply is saved as stopped: nobody pays
+for tokens nobody reads.
 """
 
 import asyncio
 import logging
 from collections.abc import Callable
+
+from .presence import presence_group
 
 logger = logging.getLogger(__name__)
 
@@ -26,16 +29,20 @@ async def keep_reply(
     """
     watchers = set(watchers)
     loop = asyncio.get_running_loop()
+    groups = (group, presence_group(group))
+    channel = None
     try:
         channel = await layer.new_channel()
-        await layer.group_add(group, channel)
-        # One receive for as long as it waits: a pub/sub layer unsubscribes a cancelled one.
+        for joined in groups:
+            await layer.group_add(joined, channel)
         incoming = asyncio.ensure_future(layer.receive(channel))
-        # Tabs that opened before this channel joined answer "here" (chat_presence).
+        # Tabs that opened before this channel joined answer "here".
         presence = {"type": "chat.presence", "sender": channel}
-        await layer.group_send(group, {**presence, "event": "joined"})
+        await layer.group_send(group, {**presence, "event": "who"})
     except Exception as error:  # noqa: BLE001 - the layer is down: nobody can come back
         logger.info("Channel layer: cannot keep the reply of %s: %r", group, error)
+        if channel is not None:
+            await leave(layer, groups, channel)
         await asyncio.sleep(grace)
         stop()
         return
@@ -58,12 +65,18 @@ async def keep_reply(
                     watchers.discard(message["sender"])
                     if not watchers:
                         deadline = loop.time() + grace
-                else:  # "joined", or "here" in answer to this channel
+                else:  # "joined", "here" in answer to this channel, or a listener's "who"
                     watchers.add(message["sender"])
     finally:
         incoming.cancel()
-        try:
-            await layer.group_send(group, {**presence, "event": "left"})
-            await layer.group_discard(group, channel)
-        except Exception as error:  # noqa: BLE001 - the layer is down: nothing to discard
-            logger.info("Channel layer: could not leave %s: %r", group, error)
+        await leave(layer, groups, channel)
+
+
+async def leave(layer, groups: tuple[str, ...], channel: str) -> None:
+    """Leave the groups and delete the channel (chat/layers.py), as far as the layer lets."""
+    try:
+        for joined in groups:
+            await layer.group_discard(joined, channel)
+        await layer.delete_channel(channel)
+    except Exception as error:  # noqa: BLE001 - the layer is down: nothing to discard
+        logger.info("Channel layer: could not leave %s: %r", groups[0], error)

@@ -226,7 +226,7 @@ CACHES = {
 }
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "BACKEND": "chat.layers.RedisPubSubChannelLayer",
         "CONFIG": {
             # Bounded timeouts: with Redis gone, a send fails fast instead of hanging a reply.
             "hosts": [{"address": REDIS_URL, "socket_connect_timeout": 2, "socket_timeout": 5}],
@@ -234,7 +234,7 @@ CHANNEL_LAYERS = {
     }
 }
 {%- else %}
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+CHANNEL_LAYERS = {"default": {"BACKEND": "chat.layers.InMemoryChannelLayer"}}
 {%- endif %}
 
 # Security

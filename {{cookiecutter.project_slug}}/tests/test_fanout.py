@@ -19,15 +19,15 @@ class Layer:
         self.release = asyncio.Event()
         self.release.set()
 
-    async def send_group(self, message: dict) -> None:
+    async def group_send(self, group: str, message: dict) -> None:
         self.attempts += 1
         await self.release.wait()
         if self.down:
             raise ConnectionError("Redis is down")
         self.sent.append(message["html"])
 
-    async def send_channel(self, channel: str, message: dict) -> None:
-        await self.send_group(message)
+    async def send(self, channel: str, message: dict) -> None:
+        await self.group_send(channel, message)
 
     async def on_change(self, up: bool) -> None:
         self.changes.append(up)
@@ -41,7 +41,8 @@ def quick(monkeypatch):
 
 
 def outbox(layer: Layer) -> Fanout:
-    return Fanout(asyncio.get_running_loop(), layer.send_group, layer.send_channel, layer.on_change)
+    loop = asyncio.get_running_loop()
+    return Fanout(loop, layer, "this-channel", "conversation-1", layer.on_change)
 
 
 async def until(condition, limit: float = 10) -> None:
@@ -88,13 +89,13 @@ async def test_an_outage_keeps_state_drops_snapshots_and_is_told_once_each_way(q
 async def test_retries_back_off_so_an_outage_costs_few_attempts(quick):
     layer = Layer()
     times: list[float] = []
-    send = layer.send_group
+    send = layer.group_send
 
-    async def timed(message):
+    async def timed(group, message):
         times.append(asyncio.get_running_loop().time())
-        await send(message)
+        await send(group, message)
 
-    layer.send_group = timed
+    layer.group_send = timed
     box = outbox(layer)
     layer.down = True
     # A reply streaming through the outage: a snapshot every few milliseconds, each one

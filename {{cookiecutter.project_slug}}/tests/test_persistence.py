@@ -210,6 +210,7 @@ async def test_a_socket_open_when_the_session_ends_refuses_the_next_message(
     assert closed == {"type": "websocket.close", "code": 4401}
     assert model.calls == []
     assert not await Message.objects.filter(conversation=conversation).aexists()
+{%- if cookiecutter.channel_layer == "in-memory" %}
 
 
 # Fan-out past the layer's group expiry
@@ -221,7 +222,7 @@ async def test_a_tab_open_longer_than_the_group_expiry_still_sees_the_other_tabs
     expiry = 2
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "BACKEND": "chat.layers.InMemoryChannelLayer",
             "CONFIG": {"group_expiry": expiry},
         }
     }
@@ -236,3 +237,4 @@ async def test_a_tab_open_longer_than_the_group_expiry_still_sees_the_other_tabs
 
     assert final_status(frames) == "complete"
     assert "by both." in frames[-1]
+{%- endif %}

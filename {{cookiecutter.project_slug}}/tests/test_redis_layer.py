@@ -19,6 +19,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as connect_websocket
 
 from chat.models import Message
+from chat.presence import presence_group
 
 from .conftest import (
     FINISHED,
@@ -40,18 +41,36 @@ async def other_process():
 
 
 async def watch(layer, conversation) -> str:
+    """A tab open in another process: in the conversation's group, announced to listeners."""
     channel = await layer.new_channel()
     await layer.group_add(conversation.group_name, channel)
     await layer.group_send(
-        conversation.group_name, {"type": "chat.presence", "event": "joined", "sender": channel}
+        presence_group(conversation.group_name),
+        {"type": "chat.presence", "event": "joined", "sender": channel},
     )
     return channel
+
+
+async def answer(layer, channel, event: dict) -> None:
+    """As a tab does: a reply's writer asking who watches is told "here" (chat/presence.py)."""
+    if event.get("event") == "who":
+        here = {"type": "chat.presence", "event": "here", "sender": channel}
+        await layer.send(event["sender"], here)
+
+
+async def answer_roll_call(layer, channel) -> None:
+    """Wait for a reply's writer to ask who watches, and answer."""
+    async with asyncio.timeout(30):  # generous: a busy machine
+        while (event := await layer.receive(channel)).get("event") != "who":
+            pass
+    await answer(layer, channel, event)
 
 
 async def receive_until_finished(layer, channel) -> list[dict]:
     events = []
     while True:
         events.append(await asyncio.wait_for(layer.receive(channel), timeout=10))
+        await answer(layer, channel, events[-1])
         if FINISHED.search(events[-1].get("html", "")):
             return events
 
@@ -67,14 +86,11 @@ async def test_a_connection_in_another_process_sees_the_whole_reply(
     scripted([f"p{i} " for i in range(15)], delay=0.03)
     socket = await connect(user, conversation.pk)
     channel = await watch(other_process, conversation)
-    # The connection answers our announcement: it knows someone else watches.
-    async with asyncio.timeout(5):
-        while (await other_process.receive(channel))["event"] != "here":
-            pass
 
     await socket.send_to(json.dumps({"message": "across processes"}))
-    await read_reply(socket)
+    # The reply asks who watches; the answer from the other process brings it snapshots.
     events = await receive_until_finished(other_process, channel)
+    await read_reply(socket)
     seen = "".join(e.get("html", "") for e in events)
 
     assert "across processes" in seen
@@ -208,11 +224,13 @@ async def test_redis_unreachable_at_connect_refuses_the_handshake_and_lets_the_p
     user, conversation, connect, redis_link, caplog
 ):
     redis_link.cut()
+    queued = len(get_channel_layer().channels)
     for _ in range(3):  # the page retrying while Redis is down
         socket = await connect(user, conversation.pk)
         # Refused before the handshake: browsers see close code 1006, on which htmx's ws
         # extension reconnects (a close frame with 1013 is refused by daphne).
         assert socket.accepted is False
+    assert len(get_channel_layer().channels) == queued  # nothing kept of refused ones
 
     refusals = [r for r in caplog.records if "refusing connections" in r.getMessage()]
     assert len(refusals) == 1, "one log line per outage, not one per attempt"
@@ -231,10 +249,8 @@ async def test_a_stalled_redis_costs_the_asking_socket_nothing_and_it_hears_of_i
     scripted([f"p{i} " for i in range(40)], delay=0.02)
     asker = await connect(user, conversation.pk)
     watcher = await watch(other_process, conversation)  # another process, through the link
-    async with asyncio.timeout(30):  # generous: a busy machine; a reply alone takes ~1 s
-        while (await other_process.receive(watcher))["event"] != "here":
-            pass
     await asker.send_to(json.dumps({"message": "keep going"}))
+    await answer_roll_call(other_process, watcher)
     await read_until(asker, LIVE)
 
     redis_link.stall()
@@ -263,10 +279,8 @@ async def test_redis_gone_mid_reply_keeps_the_reply_and_fanout_recovers(
     scripted([f"p{i} " for i in range(40)], delay=0.02)
     asker = await connect(user, conversation.pk)
     watcher = await watch(other_process, conversation)  # another process, through the link
-    async with asyncio.timeout(30):  # generous: a busy machine
-        while (await other_process.receive(watcher))["event"] != "here":
-            pass
     await asker.send_to(json.dumps({"message": "keep going"}))
+    await answer_roll_call(other_process, watcher)
     await read_until(asker, LIVE)
 
     redis_link.cut()

@@ -84,12 +84,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Leave the groups and delete the channel, however the connection ended: on a close,
         and also when connect() failed halfway (accepting a client that had already gone)."""
         groups = list(self.fanout.groups) if hasattr(self, "fanout") else []
+{%- if cookiecutter.channel_layer == "redis" %}
         try:
             for group in groups:
                 await self.channel_layer.group_discard(group, self.channel_name)
             await self.channel_layer.delete_channel(self.channel_name)
-        except Exception as error:  # noqa: BLE001 - the layer is down: nothing to leave
+        except Exception as error:  # noqa: BLE001 - Redis is down: nothing to leave there
             logger.info("Channel layer: could not leave %s: %r", groups, error)
+{%- else %}
+        for group in groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        await self.channel_layer.delete_channel(self.channel_name)
+{%- endif %}
 
     async def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]

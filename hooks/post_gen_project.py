@@ -40,6 +40,10 @@ def remove_redis_files() -> None:
     remove("tests/test_redis_layer.py", "tests/e2e/test_redis_outage.py")
 
 
+def remove_in_memory_layer_files() -> None:
+    remove("chat/layers.py", "tests/test_layers.py")
+
+
 def write_env_file() -> None:
     """Start from the documented example, with a secret key of this project's own."""
     example = Path(".env.example").read_text()
@@ -87,7 +91,9 @@ def lock_dependencies() -> None:
 def main() -> None:
     keep_chosen_consumer()
     remove_other_provider_files()
-    if CHANNEL_LAYER != "redis":
+    if CHANNEL_LAYER == "redis":
+        remove_in_memory_layer_files()
+    else:
         remove_redis_files()
     write_env_file()
     init_git_repository()

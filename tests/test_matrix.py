@@ -249,9 +249,12 @@ def test_mentions_channels_redis_and_redis_url_only_with_the_redis_layer(
     if combo.redis:
         assert all(mentions.values()), f"redis layer not wired up: {mentions}"
         assert (project / "tests" / "test_redis_layer.py").is_file()
+        assert not (project / "chat" / "layers.py").exists()
+        assert not (project / "tests" / "test_layers.py").exists()
     else:
         assert mentions == {"channels_redis": [], "REDIS_URL": []}
         assert not (project / "tests" / "test_redis_layer.py").exists()
+        assert (project / "chat" / "layers.py").is_file()
 
 
 def test_text_answers_read_back_intact_from_pyproject(project: Path, combo: Combo) -> None:

@@ -234,7 +234,8 @@ CHANNEL_LAYERS = {
     }
 }
 {%- else %}
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# Channels' in-memory layer, with its expiry housekeeping once a second (chat/layers.py).
+CHANNEL_LAYERS = {"default": {"BACKEND": "chat.layers.InMemoryChannelLayer"}}
 {%- endif %}
 
 # Security

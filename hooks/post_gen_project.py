@@ -28,6 +28,8 @@ def keep_chosen_consumer() -> None:
         if consumer != CONSUMER:
             remove(f"chat/consumers_{consumer}.py")
     Path(f"chat/consumers_{CONSUMER}.py").rename("chat/consumers.py")
+    if CONSUMER != "async":  # the async consumer's group commit
+        remove("chat/batching.py", "tests/test_batching.py")
 
 
 def remove_other_provider_files() -> None:

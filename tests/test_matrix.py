@@ -188,7 +188,7 @@ def test_renders_no_template_syntax_or_cookiecutter_remnants(project: Path) -> N
     assert found == []
 
 
-def test_keeps_only_the_chosen_consumer_as_chat_consumers(project: Path) -> None:
+def test_keeps_only_the_chosen_consumer_as_chat_consumers(project: Path, combo: Combo) -> None:
     assert (project / "chat" / "consumers.py").is_file()
     leftovers = [
         p.relative_to(project).as_posix()
@@ -196,6 +196,8 @@ def test_keeps_only_the_chosen_consumer_as_chat_consumers(project: Path) -> None
         for p in project.rglob(name)
     ]
     assert leftovers == []
+    batching = [project / "chat" / "batching.py", project / "tests" / "test_batching.py"]
+    assert [path.is_file() for path in batching] == [combo.consumer == "async"] * 2
 
 
 def test_keeps_only_the_chosen_providers_client_and_tests(project: Path, combo: Combo) -> None:

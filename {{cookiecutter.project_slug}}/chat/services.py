@@ -22,7 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from . import limits
+from . import bulk, limits
 from .frames import storable_text
 from .llm import ChatMessage, EndReason
 from .llm.base import EMPTY
@@ -321,17 +321,19 @@ def start_retry(conversation: Conversation) -> Message:
         )
 
 
+MESSAGE_FIELDS = ["conversation", "role", "content", "status", "error", "detail"]
+
+
 def _insert_messages(rows: list[Message], now) -> None:
-    """Message.objects.bulk_create(rows), timestamps ``now``: one INSERT ... RETURNING."""
+    """Message.objects.bulk_create(rows), created and updated ``now`` (see chat/bulk.py)."""
     for row in rows:
         row.created_at = row.updated_at = now
-    Message.objects.bulk_create(rows)
+    bulk.insert(rows, [*MESSAGE_FIELDS, "created_at", "updated_at"])
 
 
 def _update_conversations(changes: list[tuple[str, object, int]]) -> None:
     """Set (title, updated_at) of each conversation id."""
-    for title, updated_at, pk in changes:
-        Conversation.objects.filter(pk=pk).update(title=title, updated_at=updated_at)
+    bulk.update_each(Conversation, ["title", "updated_at"], changes)
 
 
 def _add_histories(turns: list[Turn]) -> None:
@@ -443,17 +445,13 @@ def finish_replies(endings: list[Ending]) -> list[Message | Exception]:
 
 
 def _store_endings(replies: list[Message]) -> None:
+    """Save each reply's content, status, error and detail, updated now (see chat/bulk.py)."""
     now = timezone.now()
+    rows = [(r.content, r.status, r.error, r.detail, now, r.pk) for r in replies]
     with transaction.atomic():
-        for reply in replies:
-            reply.updated_at = now
-            Message.objects.filter(pk=reply.pk).update(
-                content=reply.content,
-                status=reply.status,
-                error=reply.error,
-                detail=reply.detail,
-                updated_at=now,
-            )
+        bulk.update_each(Message, ["content", "status", "error", "detail", "updated_at"], rows)
+    for reply in replies:
+        reply.updated_at = now
 
 
 # Conversation management (rename, delete, search), used by the sidebar's views.

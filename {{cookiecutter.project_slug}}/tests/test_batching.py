@@ -1,9 +1,12 @@
-"""Group commit (chat/batching.py): each caller gets its own outcome; idle, nothing waits."""
+"""The async consumer and its database thread: group commit (chat/batching.py), each caller
+gets its own outcome and an idle server adds no wait; frames do not pass through that thread."""
 
 import asyncio
 import threading
 
 import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 
 from chat.batching import Batch
 
@@ -87,3 +90,28 @@ async def test_a_caller_that_gives_up_leaves_the_others_their_results():
     with pytest.raises(asyncio.CancelledError):
         await impatient
     assert work.batches == [[2, 4]]  # its item was stored all the same
+
+
+async def test_messages_reach_a_socket_while_the_database_thread_is_busy(
+    user, conversation, connect
+):
+    """Channels' dispatch makes a trip to the database thread before each message; the
+    consumer's does not, so a watcher's updates never queue behind the database work."""
+    watcher = await connect(user, conversation.pk)
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        release.wait(timeout=10)
+
+    holding = asyncio.ensure_future(database_sync_to_async(hold)())
+    try:
+        assert await asyncio.to_thread(busy.wait, 10)
+        update = {"type": "chat.html", "sender": "another tab", "html": "<p>update</p>"}
+        await get_channel_layer().group_send(conversation.group_name, update)
+
+        assert await watcher.receive_from(timeout=5) == "<p>update</p>"
+        assert not holding.done()
+    finally:
+        release.set()
+        await holding

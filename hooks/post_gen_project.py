@@ -28,6 +28,8 @@ def keep_chosen_consumer() -> None:
         if consumer != CONSUMER:
             remove(f"chat/consumers_{consumer}.py")
     Path(f"chat/consumers_{CONSUMER}.py").rename("chat/consumers.py")
+    if CONSUMER != "async":  # the async consumer's group commit
+        remove("chat/batching.py", "tests/test_batching.py")
 
 
 def remove_other_provider_files() -> None:
@@ -38,6 +40,10 @@ def remove_other_provider_files() -> None:
 
 def remove_redis_files() -> None:
     remove("tests/test_redis_layer.py", "tests/e2e/test_redis_outage.py")
+
+
+def remove_in_memory_layer_files() -> None:
+    remove("tests/test_in_memory_layer.py")
 
 
 def write_env_file() -> None:
@@ -87,7 +93,9 @@ def lock_dependencies() -> None:
 def main() -> None:
     keep_chosen_consumer()
     remove_other_provider_files()
-    if CHANNEL_LAYER != "redis":
+    if CHANNEL_LAYER == "redis":
+        remove_in_memory_layer_files()
+    else:
         remove_redis_files()
     write_env_file()
     init_git_repository()

@@ -188,7 +188,7 @@ def test_renders_no_template_syntax_or_cookiecutter_remnants(project: Path) -> N
     assert found == []
 
 
-def test_keeps_only_the_chosen_consumer_as_chat_consumers(project: Path) -> None:
+def test_keeps_only_the_chosen_consumer_as_chat_consumers(project: Path, combo: Combo) -> None:
     assert (project / "chat" / "consumers.py").is_file()
     leftovers = [
         p.relative_to(project).as_posix()
@@ -196,6 +196,8 @@ def test_keeps_only_the_chosen_consumer_as_chat_consumers(project: Path) -> None
         for p in project.rglob(name)
     ]
     assert leftovers == []
+    batching = [project / "chat" / "batching.py", project / "tests" / "test_batching.py"]
+    assert [path.is_file() for path in batching] == [combo.consumer == "async"] * 2
 
 
 def test_keeps_only_the_chosen_providers_client_and_tests(project: Path, combo: Combo) -> None:
@@ -249,9 +251,11 @@ def test_mentions_channels_redis_and_redis_url_only_with_the_redis_layer(
     if combo.redis:
         assert all(mentions.values()), f"redis layer not wired up: {mentions}"
         assert (project / "tests" / "test_redis_layer.py").is_file()
+        assert not (project / "tests" / "test_in_memory_layer.py").exists()
     else:
         assert mentions == {"channels_redis": [], "REDIS_URL": []}
         assert not (project / "tests" / "test_redis_layer.py").exists()
+        assert (project / "tests" / "test_in_memory_layer.py").is_file()
 
 
 def test_text_answers_read_back_intact_from_pyproject(project: Path, combo: Combo) -> None:

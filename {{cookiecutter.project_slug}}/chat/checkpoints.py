@@ -1,5 +1,5 @@
 """Replies that survive their server: the text of every reply streaming in this process is
-written back once a second, in one query per CHUNK replies, by one thread.
+written back once a second, in one transaction, by one thread.
 
 That write is also the reply's heartbeat: it refreshes ``Message.updated_at`` even while the
 provider sends nothing. A streaming reply whose heartbeat is older than
@@ -15,18 +15,20 @@ import atexit
 import logging
 import threading
 import time
+from itertools import batched
 
 from asgiref.sync import sync_to_async
 from django import db
 from django.conf import settings
-from django.db.models import Case, F, TextField, Value, When
+from django.db import transaction
 from django.utils import timezone
 
+from . import bulk
 from .models import Message
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 500  # replies per UPDATE: SQLite allows 32,766 query parameters
+CHUNK = 500  # replies per heartbeat UPDATE: SQLite allows 32,766 query parameters
 
 
 class Checkpoints:
@@ -80,17 +82,15 @@ class Checkpoints:
             if n != self.written.get(pk)
         }
         now = timezone.now()
+        # Only replies still streaming: one that ended meanwhile keeps its final text.
+        streaming = Message.Status.STREAMING
+        beating = [pk for pk in pks if pk not in grown]
         try:
-            for start in range(0, len(pks), CHUNK):
-                chunk = pks[start : start + CHUNK]
-                texts = [When(pk=pk, then=Value(grown[pk])) for pk in chunk if pk in grown]
-                changes: dict = {"updated_at": now}
-                if texts:
-                    text = TextField()
-                    changes["content"] = Case(*texts, default=F("content"), output_field=text)
-                # Only replies still streaming: one that ended meanwhile keeps its final text.
-                streaming = Message.objects.filter(pk__in=chunk, status=Message.Status.STREAMING)
-                streaming.update(**changes)
+            with transaction.atomic():
+                texts = [(text, now, pk) for pk, text in grown.items()]
+                bulk.update_each(Message, ["content", "updated_at"], texts, status=streaming)
+                for chunk in batched(beating, CHUNK):
+                    Message.objects.filter(pk__in=chunk, status=streaming).update(updated_at=now)
         finally:
             db.connection.close()  # back to the pool until the next round
         with self.lock:

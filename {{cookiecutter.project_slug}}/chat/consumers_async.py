@@ -12,6 +12,7 @@ second (chat/checkpoints.py), and it outlives this socket for a while, for a rel
 import asyncio
 import logging
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -20,10 +21,11 @@ from redis.exceptions import RedisError
 {%- endif %}
 
 from . import fragments, limits, services
+from .batching import Batch
 from .checkpoints import checkpoints
 from .fanout import Fanout, renew_membership
 from .frames import FrameError, parse_frame, storable_text
-from .llm import ProviderError, get_chat_model
+from .llm import ChatMessage, ProviderError, get_chat_model
 from .models import Message
 from .presence import Presence
 from .resume import keep_reply
@@ -40,6 +42,10 @@ SIGNED_OUT = "You have been signed out. Sign in again to go on."
 
 # Replies being written in this process, by conversation id, so Stop from any tab finds them.
 replies: dict[int, asyncio.Task] = {}
+# The turns starting and the replies ending at the same moment, each kind stored in one trip
+# to the database thread (chat/batching.py).
+begin_turn = Batch(services.begin_turns)
+finish_reply = Batch(services.finish_replies)
 {%- if cookiecutter.channel_layer == "redis" %}
 # Whether the last connection refused for a Redis outage was logged: one line per outage.
 outage_logged = False
@@ -96,6 +102,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
         await self.channel_layer.delete_channel(self.channel_name)
 {%- endif %}
+
+    async def dispatch(self, message: dict) -> None:
+        """Channels' dispatch, without its trip to the database thread before every message.
+
+        AsyncConsumer.dispatch awaits aclose_old_connections() before each frame and each
+        channel-layer message: a hop through the one database thread per chunk a watcher
+        receives. This consumer touches the database only through database_sync_to_async
+        (and Batch, which uses it), which closes stale connections before and after.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
@@ -167,12 +186,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.send_live(fragments.error(refusal))
             return
         try:
-            if not await database_sync_to_async(services.signed_in)(self.scope):
-                # Logged out, a new password or deactivated since the socket opened.
-                await self.send_live(fragments.error(SIGNED_OUT))
-                self.live = False
-                await self.close(code=CLOSE_SIGNED_OUT)
-                return
             frame = parse_frame(
                 text_data,
                 bytes_data,
@@ -180,14 +193,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 max_length=settings.CHAT_MAX_MESSAGE_LENGTH,
                 max_bytes=settings.CHAT_MAX_FRAME_BYTES,
             )
-            if frame.action == "stop":
-                await self.stop()
-            elif frame.action == "retry":
-                await self.retry()
-            else:
+            # Every frame that acts checks that the session still signs its user in; a
+            # message checks it in the same trip to the database that starts its turn.
+            if frame.action == "send":
                 await self.ask(frame.message)
+            elif not await database_sync_to_async(services.signed_in)(self.scope):
+                raise services.SignedOut
+            elif frame.action == "stop":
+                await self.stop()
+            else:
+                await self.retry()
         except FrameError as error:
             await self.send_live(fragments.error(str(error)))
+        except services.SignedOut:
+            # Logged out, a new password or deactivated since the socket opened.
+            await self.send_live(fragments.error(SIGNED_OUT))
+            self.live = False
+            await self.close(code=CLOSE_SIGNED_OUT)
         except services.CONNECTION_ERRORS:
             logger.warning("Frame on conversation %s: the database failed", self.conversation.pk)
             await self.send_live(fragments.error(services.NOT_SAVED))
@@ -198,17 +220,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def ask(self, text: str) -> None:
         try:
-            question, reply = await database_sync_to_async(services.start_turn)(
-                self.conversation, text
-            )
+            turn = await begin_turn(services.NewTurn(self.conversation, text, self.scope))
         except services.Refused as refused:
             await self.send_live(fragments.error(str(refused)))
             return
-        await self.show(fragments.turn(question, reply), key=f"turn-{reply.pk}")
+        reply = turn.reply
+        await self.show(fragments.turn(turn.question, reply), key=f"turn-{reply.pk}")
         if reply.conversation.title != self.conversation.title:
             self.conversation = reply.conversation
             await self.show(fragments.title(self.conversation), key="title")
-        self.start_reply(reply)
+        self.start_reply(reply, turn.history)
 
     async def retry(self) -> None:
         try:
@@ -226,9 +247,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         else:  # the reply may be written by a connection in another process
             self.broadcast("stop", "chat.stop")
 
-    def start_reply(self, reply: Message) -> None:
+    def start_reply(self, reply: Message, history: list[ChatMessage] | None = None) -> None:
         key = self.conversation.pk
-        task = replies[key] = self.reply_task = asyncio.create_task(self.write_reply(reply))
+        writer = self.write_reply(reply, history)
+        task = replies[key] = self.reply_task = asyncio.create_task(writer)
 
         def forget(done: asyncio.Task) -> None:
             if replies.get(key) is done:
@@ -236,7 +258,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         task.add_done_callback(forget)
 
-    async def write_reply(self, reply: Message) -> None:
+    async def write_reply(self, reply: Message, history: list[ChatMessage] | None) -> None:
+        """Stream the reply; history is what the model is given (read here when None)."""
         live = fragments.live_for(reply)
         frames = FrameBuffer(settings.CHAT_FRAME_INTERVAL)
         snapshots = Every(settings.CHAT_FANOUT_INTERVAL)
@@ -247,7 +270,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.presence.listen()  # who watches: they get snapshots
         try:
             async with asyncio.timeout(settings.CHAT_GENERATION_TIMEOUT):
-                history = await database_sync_to_async(services.model_input)(reply)
+                if history is None:
+                    history = await database_sync_to_async(services.model_input)(reply)
                 stream = get_chat_model().stream(settings.CHAT_SYSTEM_PROMPT, history)
                 async for piece in stream:
                     parts.append(storable_text(piece))  # nothing a page or the database refuses
@@ -277,9 +301,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if frames.drain():  # the last pieces, so the bubble is whole before it finishes
             await self.send_live(live("".join(parts)))
         try:
-            reply = await database_sync_to_async(services.finish_reply)(
-                reply, "".join(parts), status, error
-            )
+            reply = await finish_reply(services.Ending(reply, "".join(parts), status, error))
         except Exception:  # the page still sees it end; the stored one soon shows interrupted
             logger.exception("Reply %s could not be stored", reply.pk)
             reply.status, reply.error = Message.Status.ERROR, NOT_STORED

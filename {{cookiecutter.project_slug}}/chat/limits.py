@@ -17,6 +17,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from .models import Message
@@ -87,20 +88,35 @@ class ConnectionLimits:
 def reply_rate_refusal(user) -> str | None:
     """None if ``user`` may ask for one more reply now; else the message to show.
 
-    Counts the assistant messages created in the last minute in all of the user's
+    Must run inside the transaction that creates the reply (see replies_asked).
+    """
+    return rate_refusal(replies_asked([user.pk])[user.pk])
+
+
+def replies_asked(user_ids) -> Counter[int]:
+    """How many replies each of these users asked for in the last minute.
+
+    Counts the assistant messages created in the last minute in all of a user's
     conversations: one per message sent and one per retry. Must run inside the transaction
-    that creates the reply: it locks the user's row first (SELECT ... FOR UPDATE on
-    PostgreSQL; SQLite's IMMEDIATE transactions lock the whole database), so two processes
-    cannot both pass the count with one request left.
+    that creates the replies: it locks the users' rows first (SELECT ... FOR UPDATE on
+    PostgreSQL, in id order; SQLite's IMMEDIATE transactions lock the whole database), so
+    two processes cannot both pass the count with one request left.
     """
     if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("reply_rate_refusal() runs in the transaction that creates the reply")
-    list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
-    limit = settings.CHAT_MESSAGES_PER_MINUTE
+        raise RuntimeError("replies_asked() runs in the transaction that creates the replies")
+    users = get_user_model().objects.select_for_update().filter(pk__in=user_ids).order_by("pk")
+    list(users.values_list("pk"))
     since = timezone.now() - timedelta(minutes=1)
-    asked = Message.objects.filter(
-        conversation__owner=user, role=Message.Role.ASSISTANT, created_at__gte=since
-    ).count()
+    recent = Message.objects.filter(
+        conversation__owner__in=user_ids, role=Message.Role.ASSISTANT, created_at__gte=since
+    )
+    counts = recent.values_list("conversation__owner").annotate(asked=Count("pk")).order_by()
+    return Counter(dict(counts))
+
+
+def rate_refusal(asked: int) -> str | None:
+    """None if a user who asked for ``asked`` replies in the last minute may ask for one more."""
+    limit = settings.CHAT_MESSAGES_PER_MINUTE
     if asked >= limit:
         return (
             f"You can send {limit} messages a minute (retries count too). "

@@ -234,6 +234,7 @@ CHANNEL_LAYERS = {
     }
 }
 {%- else %}
+# Channels' in-memory layer, with its expiry housekeeping once a second (chat/layers.py).
 CHANNEL_LAYERS = {"default": {"BACKEND": "chat.layers.InMemoryChannelLayer"}}
 {%- endif %}
 

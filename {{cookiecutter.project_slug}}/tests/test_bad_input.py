@@ -163,12 +163,12 @@ async def test_a_bad_frame_during_a_reply_leaves_the_reply_streaming_to_this_soc
 async def test_an_unexpected_error_in_a_handler_is_logged_and_answered(
     user, conversation, connect, monkeypatch, caplog
 ):
-    from chat import services
+    from chat import limits
 
     def broken(*args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(services, "start_turn", broken)
+    monkeypatch.setattr(limits, "replies_asked", broken)  # while a turn starts
     socket = await connect(user, conversation.pk)
     await socket.send_to(json.dumps({"message": "hello"}))
     notice = await socket.receive_from(timeout=5)

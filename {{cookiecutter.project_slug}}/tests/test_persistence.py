@@ -15,7 +15,7 @@ from django.test import Client
 from django.utils import timezone
 
 from chat import services
-from chat.checkpoints import checkpoints
+from chat.checkpoints import Checkpoints, checkpoints
 from chat.models import Message
 
 from .conftest import (
@@ -115,6 +115,30 @@ async def test_a_live_reply_stays_streaming_while_its_provider_is_silent_past_th
 
     assert seen <= {"streaming", "complete"}
     assert final_status(frames) == "complete"
+
+
+def test_a_checkpoint_stores_grown_text_beats_for_every_reply_and_spares_ended_ones(
+    conversation,
+):
+    grown, silent, ended = (
+        conversation.messages.create(role="assistant", status="streaming") for _ in range(3)
+    )
+    long_ago = timezone.now() - timedelta(seconds=5)
+    Message.objects.update(updated_at=long_ago)
+    book = Checkpoints()
+    # What track() records, without its background thread: this test calls write() itself.
+    book.replies = {grown.pk: ["Hel", "lo"], silent.pk: [], ended.pk: ["Half"]}
+    book.written = dict.fromkeys(book.replies, 0)
+    Message.objects.filter(pk=ended.pk).update(status="complete", content="The end.")
+
+    assert book.write() == 2  # the texts that grew: grown's and ended's
+
+    for reply in (grown, silent, ended):
+        reply.refresh_from_db()
+    assert (grown.content, grown.status) == ("Hello", "streaming")
+    assert grown.updated_at > long_ago and silent.updated_at > long_ago  # heartbeats
+    assert (ended.content, ended.status) == ("The end.", "complete")  # its own end stands
+    assert ended.updated_at == long_ago
 
 
 async def test_at_exit_every_reply_still_streaming_is_saved_as_stopped_with_its_text(

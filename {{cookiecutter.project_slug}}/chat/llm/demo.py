@@ -45,22 +45,35 @@ class DemoModel:
 {%- if cookiecutter.consumer == "async" %}
 
     async def stream(self, system: str, messages: list[ChatMessage]) -> AsyncIterator[str]:
-        # Each token is due on a schedule, like a model's output: a busy server that falls
-        # behind gets the late tokens at once rather than stretching the reply.
-        start = time.monotonic()
-        for index, token in enumerate(tokens(compose_reply(messages)), start=1):
-            await asyncio.sleep(max(0.0, start + index * self.delay - time.monotonic()))
-            yield token
+        reply = tokens(compose_reply(messages))
+        start, sent = time.monotonic(), 0
+        while sent < len(reply):
+            await asyncio.sleep(max(0.0, start + (sent + 1) * self.delay - time.monotonic()))
+            due = self.due(reply, start, sent)
+            yield "".join(reply[sent:due])
+            sent = due
 {%- else %}
 
     def stream(self, system: str, messages: list[ChatMessage]) -> ReplyStream:
         return ReplyStream(lambda upstream: self.pieces(messages))
 
     def pieces(self, messages: list[ChatMessage]) -> Generator[str]:
-        # Each token is due on a schedule, like a model's output: a busy server that falls
-        # behind gets the late tokens at once rather than stretching the reply.
-        start = time.monotonic()
-        for index, token in enumerate(tokens(compose_reply(messages)), start=1):
-            time.sleep(max(0.0, start + index * self.delay - time.monotonic()))
-            yield token
+        reply = tokens(compose_reply(messages))
+        start, sent = time.monotonic(), 0
+        while sent < len(reply):
+            time.sleep(max(0.0, start + (sent + 1) * self.delay - time.monotonic()))
+            due = self.due(reply, start, sent)
+            yield "".join(reply[sent:due])
+            sent = due
 {%- endif %}
+
+    def due(self, reply: list[str], start: float, sent: int) -> int:
+        """How many tokens are due now: token i at start + i * delay, like a model's output.
+
+        A busy server that falls behind gets every late token at once, in one piece, as a
+        provider's HTTP stream hands over all that has arrived: it catches up instead of
+        stretching the reply (and paying a loop pass, or a frame, per token).
+        """
+        if not self.delay:
+            return len(reply)
+        return min(len(reply), max(sent + 1, int((time.monotonic() - start) / self.delay)))

@@ -246,12 +246,15 @@ async def test_redis_unreachable_at_connect_refuses_the_handshake_and_lets_the_p
 async def test_a_stalled_redis_costs_the_asking_socket_nothing_and_it_hears_of_it_once(
     user, conversation, connect, scripted, redis_link, other_process
 ):
-    scripted([f"p{i} " for i in range(40)], delay=0.02)
+    scripted([f"p{i} " for i in range(100)], delay=0.02)
     asker = await connect(user, conversation.pk)
     watcher = await watch(other_process, conversation)  # another process, through the link
     await asker.send_to(json.dumps({"message": "keep going"}))
     await answer_roll_call(other_process, watcher)
-    await read_until(asker, LIVE)
+    # A snapshot reached the watcher: the asker knows it, and sends it more as the reply grows.
+    async with asyncio.timeout(30):
+        while not LIVE.search((await other_process.receive(watcher)).get("html", "")):
+            pass
 
     redis_link.stall()
     frames = await read_reply(asker, wait=30)
@@ -260,9 +263,9 @@ async def test_a_stalled_redis_costs_the_asking_socket_nothing_and_it_hears_of_i
     # client had yet given up on one (they would only after 60 s).
     assert (redis_link.held > 0, redis_link.abandoned) == (True, 0)
     assert final_status(frames) == "complete"
-    assert live_text(frames).endswith("p39")
+    assert live_text(frames).endswith("p99")
     reply = await Message.objects.aget(conversation=conversation, role="assistant")
-    assert (reply.status, reply.content.endswith("p39 ")) == ("complete", True)
+    assert (reply.status, reply.content.endswith("p99 ")) == ("complete", True)
 
     redis_link.restore()
     # The asker hears once that fan-out paused, and once that it is back; the kept end of

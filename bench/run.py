@@ -1,16 +1,18 @@
-"""Benchmark: concurrent streaming chats per consumer x channel-layer combination, next to a floor.
+"""Benchmark: concurrent streaming chats per consumer x channel-layer combination, with peers.
 
 For each combination it generates a project from this template, installs it with uv, migrates
-a fresh database, seeds users and conversations, serves it single-process on loopback under
-its production server, and runs the load client (client.py, a process of its own) at each
-concurrency C. The floor (floor.py, a raw `websockets` server streaming the same reply at the
-same pace and frame interval) runs at each C in the same run. With the Redis layer, a second
-mode serves two processes and watches every conversation from both (fan-out).
+a fresh database, seeds users and conversations, serves it on loopback under its production
+server, and runs the load client (client.py, a process of its own) at each concurrency C. Two
+peers run at the same C in the same run: the floor (floor.py, a raw `websockets` server
+streaming the same reply at the same pace and frame interval) and the guide (guide/, the
+Channels + htmx consumer the SaaS Pegasus guide teaches, under the same server). Row groups:
+the default rhythm, two server processes behind Redis, PostgreSQL, long replies (many streams
+open at once), and the fan-out of a reply to a second process.
 
 Run it through bench/run (which sets up its environment with uv):
 
     bench/run                      # the full benchmark, writes bench/results/
-    bench/run --smoke              # C=10, every variant, fails on any failed chat
+    bench/run --smoke              # C=10, every variant and group but long replies; strict
     bench/run --variants async-redis --concurrency 100,2000
 
 Everything listens on 127.0.0.1 only; every wait is bounded.

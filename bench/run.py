@@ -1251,6 +1251,10 @@ def main() -> int:
                 plan = peer_plan(work, sources[shape.tokens], run.chats)
             result = measure(v, run, plan, replies[shape.tokens], work, args)
             (fanout_rows if shape.fanout else rows).append(result)
+            # What is measured so far survives a run stopped before its end.
+            (args.results / "results.partial.json").write_text(
+                json.dumps({"runs": rows, "fanout": fanout_rows}, indent=1)
+            )
             w = result.get("watchers")
             log(
                 f"{v.name:16} {shape.group:13} C={run.count:<5} "
@@ -1297,6 +1301,7 @@ def main() -> int:
         "seconds": round(time.monotonic() - started),
     }
     table = write_report(meta, rows, fanout_rows, args.results)
+    (args.results / "results.partial.json").unlink(missing_ok=True)
     print()
     print(table)
     log(

@@ -9,7 +9,9 @@ reads the server's CPU time and memory from /proc around the measured window.
         --pid 1234 --out result.json [--watch-url http://127.0.0.1:8001 --watch-pid 1235]
 
 --watch-url opens a second socket per conversation on another server process (the fan-out
-check of the Redis layer): it must receive the whole reply too.
+check of the Redis layer): it must receive the whole reply too. A second --url (and --pid)
+spreads the chats over two server processes instead, chat i on server i mod 2 (the throughput
+of two processes behind the Redis layer).
 """
 
 from __future__ import annotations
@@ -34,14 +36,15 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 TOKEN = re.compile(r"\s*\S{1,4}|\s+")  # the demo model's tokens
-TURN = re.compile(r'<article id="message-(\d+)" class="message assistant streaming"')
+# Reply ids: the project's are numbers, the guide's (the peer) hex.
+TURN = re.compile(r'<article id="message-(\w+)" class="message assistant streaming"')
 # The reply so far, rendered as Markdown: to the asker every frame interval, to watchers at
 # the fan-out interval.
-LIVE = re.compile(r'<div id="message-(\d+)-text" hx-swap-oob="innerHTML">(.*)</div>\s*$', re.S)
+LIVE = re.compile(r'<div id="message-(\w+)-text" hx-swap-oob="innerHTML">(.*)</div>\s*$', re.S)
 # Text appended to the reply: what the floor (and a plain-text stream) sends, frame by frame.
-CHUNK = re.compile(r'<div id="message-(\d+)-text" hx-swap-oob="beforeend">(.*)</div>\s*$', re.S)
+CHUNK = re.compile(r'<div id="message-(\w+)-text" hx-swap-oob="beforeend">(.*)</div>\s*$', re.S)
 FINISHED = re.compile(
-    r'<article id="message-(\d+)" class="message assistant (\w+)" hx-swap-oob="true">'
+    r'<article id="message-(\w+)" class="message assistant (\w+)" hx-swap-oob="true">'
     r"(.*?)</article>",
     re.S,
 )
@@ -60,6 +63,7 @@ class Chat:
     index: int
     conversation: int
     cookie: str | None
+    url: str
     watcher: bool = False
     ws: object = None
     reply_id: str | None = None
@@ -164,13 +168,13 @@ def ws_url(base: str, path: str, conversation: int) -> str:
     return f"ws://{url.netloc}{path.format(id=conversation)}"
 
 
-async def open_chat(chat: Chat, base: str, path: str, gate: asyncio.Semaphore) -> None:
+async def open_chat(chat: Chat, path: str, gate: asyncio.Semaphore) -> None:
     headers = {"Cookie": f"sessionid={chat.cookie}"} if chat.cookie else {}
     async with gate:
         try:
             chat.ws = await connect(
-                ws_url(base, path, chat.conversation),
-                origin=base.rstrip("/"),
+                ws_url(chat.url, path, chat.conversation),
+                origin=chat.url.rstrip("/"),
                 additional_headers=headers,
                 compression=None,
                 max_size=None,
@@ -264,24 +268,29 @@ async def run(args: argparse.Namespace) -> dict:
     gate = asyncio.Semaphore(args.connect_concurrency)
     result: dict = {"count": args.count}
 
-    # Warm-up: log in over HTTP once, then one whole chat (watched from the second server).
+    # Warm-up: log in over HTTP once, then one whole chat on each server (watched from the
+    # second server with --watch-url).
     warm = plan["chats"][0]
     cookie = warm["cookie"]
     if args.login:
         t = time.monotonic()
-        cookie = http_login(args.url, warm["user"], plan["password"], warm["conversation"])
+        cookie = http_login(args.url[0], warm["user"], plan["password"], warm["conversation"])
         result["login_seconds"] = time.monotonic() - t
-    warm_chats = [Chat(0, warm["conversation"], cookie)]
+    warm_chats = [
+        Chat(0, c["conversation"], cookie if i == 0 else c["cookie"], url)
+        for i, (c, url) in enumerate(zip(plan["chats"], args.url, strict=False))
+    ]
     if args.watch_url:
-        warm_chats.append(Chat(0, warm["conversation"], cookie, watcher=True))
-    await open_chat(warm_chats[0], args.url, args.path, gate)
+        warm_chats.append(Chat(0, warm["conversation"], cookie, args.watch_url, watcher=True))
+    for chat in warm_chats:
+        await open_chat(chat, args.path, gate)
     if args.watch_url:
-        await open_chat(warm_chats[1], args.watch_url, args.path, gate)
         await asyncio.sleep(0.5)
     deadline = time.monotonic() + 60
     readers = [asyncio.create_task(read_chat(c, deadline)) for c in warm_chats]
-    if warm_chats[0].ws is not None:
-        await warm_chats[0].ws.send(frame)
+    for chat in warm_chats:
+        if chat.ws is not None and not chat.watcher:
+            await chat.ws.send(frame)
     await asyncio.gather(*readers)
     for c in warm_chats:
         check(c, reply)
@@ -291,18 +300,21 @@ async def run(args: argparse.Namespace) -> dict:
     baseline = {pid: proc_mem(pid)["VmRSS"] for pid in pids}
 
     # Open every socket, askers first so that the watchers' presence reaches them.
+    servers = len(args.url)
     askers = [
-        Chat(i, c["conversation"], c["cookie"])
-        for i, c in enumerate(plan["chats"][1 : args.count + 1])
+        Chat(i, c["conversation"], c["cookie"], args.url[i % servers])
+        for i, c in enumerate(plan["chats"][servers : servers + args.count])
     ]
+    if len(askers) < args.count:
+        raise SystemExit(f"the plan has chats for {len(askers)} of {args.count}")
     watchers = (
-        [Chat(c.index, c.conversation, c.cookie, watcher=True) for c in askers]
+        [Chat(c.index, c.conversation, c.cookie, args.watch_url, watcher=True) for c in askers]
         if args.watch_url
         else []
     )
     t = time.monotonic()
-    await asyncio.gather(*(open_chat(c, args.url, args.path, gate) for c in askers))
-    await asyncio.gather(*(open_chat(c, args.watch_url, args.path, gate) for c in watchers))
+    await asyncio.gather(*(open_chat(c, args.path, gate) for c in askers))
+    await asyncio.gather(*(open_chat(c, args.path, gate) for c in watchers))
     result["connect_seconds"] = time.monotonic() - t
     await asyncio.sleep(1.0 if watchers else 0.3)
     idle = {pid: proc_mem(pid)["VmRSS"] for pid in pids}
@@ -438,7 +450,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--plan", required=True)
     parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--url", required=True, help="http://host:port of the server")
+    parser.add_argument(
+        "--url",
+        action="append",
+        required=True,
+        help="http://host:port of the server; twice: chats spread over two servers",
+    )
     parser.add_argument("--path", default="/ws/chat/{id}/")
     parser.add_argument("--pid", type=int, action="append", default=[])
     parser.add_argument("--watch-url")

@@ -1,16 +1,18 @@
-"""Benchmark: concurrent streaming chats per consumer x channel-layer combination, next to a floor.
+"""Benchmark: concurrent streaming chats per consumer x channel-layer combination, with peers.
 
 For each combination it generates a project from this template, installs it with uv, migrates
-a fresh database, seeds users and conversations, serves it single-process on loopback under
-its production server, and runs the load client (client.py, a process of its own) at each
-concurrency C. The floor (floor.py, a raw `websockets` server streaming the same reply at the
-same pace and frame interval) runs at each C in the same run. With the Redis layer, a second
-mode serves two processes and watches every conversation from both (fan-out).
+a fresh database, seeds users and conversations, serves it on loopback under its production
+server, and runs the load client (client.py, a process of its own) at each concurrency C. Two
+peers run at the same C in the same run: the floor (floor.py, a raw `websockets` server
+streaming the same reply at the same pace and frame interval) and the guide (guide/, the
+Channels + htmx consumer the SaaS Pegasus guide teaches, under the same server). Row groups:
+the default rhythm, two server processes behind Redis, PostgreSQL, long replies (many streams
+open at once), and the fan-out of a reply to a second process.
 
 Run it through bench/run (which sets up its environment with uv):
 
     bench/run                      # the full benchmark, writes bench/results/
-    bench/run --smoke              # C=10, every variant, fails on any failed chat
+    bench/run --smoke              # C=10, every variant and group but long replies; strict
     bench/run --variants async-redis --concurrency 100,2000
 
 Everything listens on 127.0.0.1 only; every wait is bounded.
@@ -25,6 +27,8 @@ import datetime
 import json
 import os
 import platform
+import re
+import resource
 import shutil
 import signal
 import socket
@@ -41,7 +45,10 @@ BENCH = Path(__file__).resolve().parent
 TEMPLATE = BENCH.parent
 DEFAULT_PYTHON = "/root/.pyenv/versions/3.13.0/bin/python3"
 LOAD_AT_START = os.getloadavg()
-VARIANTS = ["floor", "async-in-memory", "async-redis", "sync-in-memory", "sync-redis"]
+VARIANTS = ["floor", "guide", "async-in-memory", "async-redis", "sync-in-memory", "sync-redis"]
+# No generated project: the floor (floor.py) and the guide's consumer (guide/), the peers.
+PEERS = ("floor", "guide")
+PROJECT_FRAME_INTERVAL = 0.1  # CHAT_FRAME_INTERVAL's default in config/settings.py
 PROJECT_SLUG = "benchchat"
 
 # Variables of this environment that must not reach a generated project.
@@ -76,13 +83,37 @@ def run_checked(command: list[str], cwd: Path, env: dict, timeout: float = 600) 
     return result.stdout
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What the rows of one table share: the reply, the ramp, the database, the servers."""
+
+    group: str
+    tokens: int
+    ramp: float
+    db: str = "sqlite"
+    processes: int = 1  # server processes the chats are spread over
+    fanout: bool = False  # two processes, every conversation watched from the second
+
+
+@dataclass(frozen=True)
+class Run:
+    shape: Shape
+    variant: str
+    count: int
+
+    @property
+    def chats(self) -> int:
+        """Chats in its plan besides the first warm-up one (one warm-up per server)."""
+        return self.count + self.shape.processes - 1
+
+
 @dataclass
 class Variant:
     name: str
-    dir: Path | None = None  # the generated project
-    plans: dict[int, Path] = field(default_factory=dict)
-    logged_in: bool = False
-    database_created: bool = False
+    dir: Path | None = None  # the generated project, or the guide's environment
+    plans: dict[Run, Path] = field(default_factory=dict)  # fresh conversations for each run
+    logged_in: set[str] = field(default_factory=set)  # databases logged in to once
+    databases: list[str] = field(default_factory=list)  # PostgreSQL databases made
 
     @property
     def database(self) -> str:
@@ -94,23 +125,33 @@ class Variant:
         return self.name == "floor"
 
     @property
+    def is_project(self) -> bool:
+        return self.name not in PEERS
+
+    @property
     def consumer(self) -> str:
         return self.name.split("-", 1)[0]
 
     @property
     def layer(self) -> str:
-        return self.name.split("-", 1)[1]
+        return self.name.split("-", 1)[1] if self.is_project else ""
 
 
 # ------------------------------------------------------------------------ preparation
 
 
-def project_env(args: argparse.Namespace, variant: Variant, threads: int = 200) -> dict[str, str]:
-    env = {
+def clean_env() -> dict[str, str]:
+    return {
         k: v
         for k, v in os.environ.items()
         if k not in LEAKY and not k.startswith(LEAKY_PREFIXES) and not k.endswith("_API_KEY")
     }
+
+
+def project_env(
+    args: argparse.Namespace, variant: Variant, db: str, threads: int = 200
+) -> dict[str, str]:
+    env = clean_env()
     env.update(
         UV_PYTHON_DOWNLOADS="never",
         NO_COLOR="1",
@@ -128,6 +169,8 @@ def project_env(args: argparse.Namespace, variant: Variant, threads: int = 200) 
         # Throughput, not abuse: the per-connection and per-user socket limits stay out of it.
         CHAT_FRAMES_PER_SECOND="1000000",
         CHAT_SOCKETS_PER_USER="1000000",
+        # The long replies echo a message of about 8,000 characters.
+        CHAT_MAX_MESSAGE_LENGTH="1000000",
         EMAIL_URL="consolemail://",
         CHAT_REPLY_THREADS=str(threads),
         REDIS_URL=args.redis_url,
@@ -137,7 +180,7 @@ def project_env(args: argparse.Namespace, variant: Variant, threads: int = 200) 
         del env["UV_PYTHON"]
     if args.frame_interval is not None:
         env["CHAT_FRAME_INTERVAL"] = str(args.frame_interval)
-    if args.db == "postgres":
+    if db == "postgres":
         env["DATABASE_URL"] = postgres_url(args, variant.database)
     return env
 
@@ -146,6 +189,15 @@ def postgres_url(args: argparse.Namespace, database: str) -> str:
     """args.postgres_url with another database name."""
     url = urllib.parse.urlsplit(args.postgres_url)
     return urllib.parse.urlunsplit(url._replace(path=f"/{database}"))
+
+
+def postgres_answers(args: argparse.Namespace) -> bool:
+    url = urllib.parse.urlsplit(args.postgres_url)
+    try:
+        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 5432), timeout=3):
+            return True
+    except OSError:
+        return False
 
 
 def postgres(args: argparse.Namespace, python: str, statement: str) -> None:
@@ -179,45 +231,94 @@ def generate(variant: Variant, work: Path, args: argparse.Namespace) -> None:
     )
 
 
-def prepare(variant: Variant, runs: list[int], work: Path, args: argparse.Namespace) -> None:
-    """Install, migrate and seed one generated project."""
+def prepare(variant: Variant, runs: list[Run], work: Path, args: argparse.Namespace) -> None:
+    """Install one generated project; migrate and seed each database it runs on, with
+    conversations of their own for each of its runs."""
     started = time.monotonic()
-    env = project_env(args, variant)
-    run_checked(["uv", "sync", "--no-dev", "--quiet"], variant.dir, env)
+    run_checked(["uv", "sync", "--no-dev", "--quiet"], variant.dir, project_env(args, variant, ""))
     python = str(variant.dir / ".venv" / "bin" / "python")
-    if args.db == "postgres":
-        run_checked(
-            ["uv", "pip", "install", "--quiet", "--python", python, "psycopg[binary]"],
-            variant.dir,
-            env,
-        )
-        # A database of this run's own, dropped at the end: never touch the named one.
-        postgres(args, python, f'DROP DATABASE IF EXISTS "{variant.database}"')
-        postgres(args, python, f'CREATE DATABASE "{variant.database}"')
-        variant.database_created = True
-    run_checked([python, "manage.py", "migrate", "-v0"], variant.dir, env)
+    for db in sorted({run.shape.db for run in runs}):
+        env = project_env(args, variant, db)
+        # The users' session keys, one file per database.
+        env["BENCH_SESSION_KEYS"] = str(work / variant.name / f"sessions-{db}.json")
+        if db == "postgres":
+            # A database of this run's own, dropped at the end: never touch the named one.
+            postgres(args, python, f'DROP DATABASE IF EXISTS "{variant.database}"')
+            postgres(args, python, f'CREATE DATABASE "{variant.database}"')
+            variant.databases.append(variant.database)
+        run_checked([python, "manage.py", "migrate", "-v0"], variant.dir, env)
+        for tokens in sorted({run.shape.tokens for run in runs if run.shape.db == db}):
+            mine = [run for run in runs if run.shape.db == db and run.shape.tokens == tokens]
+            plans = work / variant.name / f"plans-{db}-{tokens}"
+            run_checked(
+                [
+                    python,
+                    str(BENCH / "seed.py"),
+                    "--runs",
+                    ",".join(str(run.chats) for run in mine),
+                    "--tokens",
+                    str(tokens),
+                    "--out-dir",
+                    str(plans),
+                ],
+                variant.dir,
+                env,
+            )
+            for i, run in enumerate(mine):
+                variant.plans[run] = plans / f"plan-{i}.json"
     # Production settings serve static files by their hashed names from collectstatic's manifest.
-    run_checked([python, "manage.py", "collectstatic", "--no-input", "-v0"], variant.dir, env)
-    plans = work / variant.name / "plans"
     run_checked(
-        [
-            python,
-            str(BENCH / "seed.py"),
-            "--runs",
-            ",".join(map(str, runs)),
-            "--tokens",
-            str(args.tokens),
-            "--out-dir",
-            str(plans),
-        ],
+        [python, "manage.py", "collectstatic", "--no-input", "-v0"],
         variant.dir,
-        env,
+        project_env(args, variant, ""),
     )
-    variant.plans = {i: plans / f"plan-{i}.json" for i in range(len(runs))}
     log(
         f"{variant.name}: installed, migrated, seeded in "
         f"{time.monotonic() - started:.0f} s ({variant.dir})"
     )
+
+
+def prepare_guide(variant: Variant, project: Variant, work: Path) -> None:
+    """The guide's environment, with the versions the generated project resolved."""
+    started = time.monotonic()
+    env = clean_env()
+    constraints = work / "guide-constraints.txt"
+    freeze = ["uv", "pip", "freeze", "--python", str(project.dir / ".venv" / "bin" / "python")]
+    constraints.write_text(
+        subprocess.run(freeze, env=env, capture_output=True, text=True, check=True).stdout
+    )
+    variant.dir = work / "guide-venv"
+    run_checked(["uv", "venv", "--quiet", str(variant.dir)], BENCH, env)
+    run_checked(
+        [
+            "uv",
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            str(variant.dir / "bin" / "python"),
+            "-r",
+            str(BENCH / "guide" / "requirements.txt"),
+            "-c",
+            str(constraints),
+        ],
+        BENCH,
+        env,
+    )
+    log(f"guide: installed in {time.monotonic() - started:.0f} s ({variant.dir})")
+
+
+def peer_plan(work: Path, source: Path, chats: int) -> Path:
+    """A plan for the floor or the guide: the project's message and reply, chats with no
+    conversation or session of their own (neither has any)."""
+    plan = json.loads(source.read_text())
+    path = work / f"peer-plan-{plan['tokens']}-{chats}.json"
+    if not path.exists():
+        plan["chats"] = [
+            {"conversation": i, "cookie": None, "user": None} for i in range(chats + 1)
+        ]
+        path.write_text(json.dumps(plan))
+    return path
 
 
 # ---------------------------------------------------------------------------- servers
@@ -227,11 +328,17 @@ class Server:
     """One server process on 127.0.0.1; stopped (and if need be killed) on exit."""
 
     def __init__(
-        self, command: list[str], cwd: Path, env: dict, port: int, log_path: Path, http_ready: bool
+        self,
+        command: list[str],
+        cwd: Path,
+        env: dict,
+        port: int,
+        log_path: Path,
+        ready_path: str | None,
     ) -> None:
         self.port = port
         self.log_path = log_path
-        self.http_ready = http_ready
+        self.ready_path = ready_path
         self.log_file = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             command,
@@ -254,8 +361,8 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.tail()}")
             try:
-                if self.http_ready:
-                    with urllib.request.urlopen(f"{self.url}/accounts/login/", timeout=5) as r:
+                if self.ready_path:
+                    with urllib.request.urlopen(self.url + self.ready_path, timeout=5) as r:
                         if r.status == 200:
                             return
                 else:
@@ -281,8 +388,46 @@ class Server:
         self.log_file.close()
 
 
+CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
+CONNECTION_ERROR = re.compile(
+    r"^\S*(OperationalError|InterfaceError|PoolTimeout|TooManyConnections)\b", re.M
+)
+
+
+def log_errors(text: str) -> tuple[int, int]:
+    """Errors in a server log: tracebacks (chained ones counted once), and those of them
+    that are database connection errors (psycopg's or Django's OperationalError,
+    InterfaceError, the pool's PoolTimeout)."""
+    incidents: list[str] = []
+    for part in text.split("Traceback (most recent call last):")[1:]:
+        if incidents and any(c in incidents[-1][-300:] for c in CHAINED):
+            incidents[-1] += part  # the same incident, its chained cause
+        else:
+            incidents.append(part)
+    return len(incidents), sum(1 for i in incidents if CONNECTION_ERROR.search(i))
+
+
+def uvicorn_command(bin_dir: Path, app: str, port: int) -> list[str]:
+    return [
+        str(bin_dir / "uvicorn"),
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ws-per-message-deflate",
+        "false",
+        "--log-level",
+        "warning",
+        "--backlog",
+        "4096",
+        "--timeout-graceful-shutdown",
+        "3",
+    ]
+
+
 def start_server(
-    variant: Variant, floor_reply: Path, count: int, work: Path, tag: str, args: argparse.Namespace
+    variant: Variant, run: Run, reply: Path, work: Path, tag: str, args: argparse.Namespace
 ) -> Server:
     port = free_port()
     log_path = work / f"server-{variant.name}-{tag}.log"
@@ -293,18 +438,25 @@ def start_server(
             "--port",
             str(port),
             "--reply-file",
-            str(floor_reply),
+            str(reply),
             "--delay",
             str(args.delay),
             "--frame-interval",
-            str(args.frame_interval or 0.03),
+            str(args.frame_interval or PROJECT_FRAME_INTERVAL),
             "--pacing",
             args.floor_pacing,
         ]
-        server = Server(command, BENCH, dict(os.environ), port, log_path, http_ready=False)
+        server = Server(command, BENCH, dict(os.environ), port, log_path, None)
     else:
-        env = project_env(args, variant, threads=max(200, count + 10))
-        bin_dir = variant.dir / ".venv" / "bin"
+        if variant.is_project:
+            env = project_env(args, variant, run.shape.db, threads=max(200, run.count + 10))
+            bin_dir, cwd, app = variant.dir / ".venv" / "bin", variant.dir, "config"
+            ready = "/accounts/login/"
+        else:  # the guide
+            env = clean_env()
+            env.update(DEMO_MODEL_DELAY=str(args.delay), GUIDE_REPLY_FILE=str(reply))
+            bin_dir, cwd, app = variant.dir / "bin", BENCH / "guide", "guide"
+            ready = "/"
         if args.server == "daphne":
             command = [
                 str(bin_dir / "daphne"),
@@ -312,26 +464,11 @@ def start_server(
                 "127.0.0.1",
                 "-p",
                 str(port),
-                "config.asgi:application",
+                f"{app}.asgi:application",
             ]
         else:
-            command = [
-                str(bin_dir / "uvicorn"),
-                "config.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--ws-per-message-deflate",
-                "false",
-                "--log-level",
-                "warning",
-                "--backlog",
-                "4096",
-                "--timeout-graceful-shutdown",
-                "3",
-            ]
-        server = Server(command, variant.dir, env, port, log_path, http_ready=True)
+            command = uvicorn_command(bin_dir, f"{app}.asgi:application", port)
+        server = Server(command, cwd, env, port, log_path, ready)
     try:
         server.wait_ready()
     except Exception:
@@ -342,49 +479,51 @@ def start_server(
 
 def run_client(
     variant: Variant,
+    run: Run,
     plan: Path,
-    count: int,
     servers: list[Server],
     work: Path,
     tag: str,
     args: argparse.Namespace,
-    ramp: float,
 ) -> dict:
     out = work / f"result-{variant.name}-{tag}.json"
+    shape = run.shape
+    timeout = args.timeout + shape.ramp + shape.tokens * args.delay
     command = [
         sys.executable,
         str(BENCH / "client.py"),
         "--plan",
         str(plan),
         "--count",
-        str(count),
-        "--url",
-        servers[0].url,
-        "--pid",
-        str(servers[0].pid),
+        str(run.count),
         "--out",
         str(out),
         "--ramp",
-        str(ramp),
+        str(shape.ramp),
         "--timeout",
-        str(args.timeout),
+        str(timeout),
     ]
+    spread = servers if not shape.fanout else servers[:1]
+    for server in spread:
+        command += ["--url", server.url, "--pid", str(server.pid)]
+    if shape.fanout:
+        command += ["--watch-url", servers[1].url, "--watch-pid", str(servers[1].pid)]
+    if variant.name == "guide":
+        command += ["--path", "/ws/chat/"]
     if args.timelines:
         command += ["--timeline", str(args.results / f"timeline-{variant.name}-{tag}.jsonl")]
-    if not variant.is_floor and not variant.logged_in:
-        # One real login per project (the password hash costs a second); other runs warm up
-        # with a seeded session.
+    if variant.is_project and shape.db not in variant.logged_in:
+        # One real login per project and database (the password hash costs a second); other
+        # runs warm up with a seeded session.
         command.append("--login")
-        variant.logged_in = True
-    if len(servers) > 1:
-        command += ["--watch-url", servers[1].url, "--watch-pid", str(servers[1].pid)]
-    if not variant.is_floor and variant.layer == "redis":
+        variant.logged_in.add(shape.db)
+    if variant.layer == "redis":
         command.append("--redis")
     started = time.monotonic()
     profiler = None
-    if args.profile and args.profile == f"{variant.name}:{count}" and len(servers) == 1:
+    if args.profile and args.profile == f"{variant.name}:{run.count}" and len(servers) == 1:
         # Collapsed stacks, one line per stack with its sample count (flamegraph.pl input).
-        folded = args.results / f"profile-{variant.name}-{count}.txt"
+        folded = args.results / f"profile-{variant.name}-{run.count}.txt"
         profiler = subprocess.Popen(
             [
                 "py-spy",
@@ -407,7 +546,7 @@ def run_client(
         time.sleep(1)
     try:
         subprocess.run(
-            command, cwd=BENCH, stdin=subprocess.DEVNULL, check=True, timeout=args.timeout + 300
+            command, cwd=BENCH, stdin=subprocess.DEVNULL, check=True, timeout=timeout + 300
         )
     finally:
         if profiler is not None:
@@ -420,38 +559,43 @@ def run_client(
 
 
 def measure(
-    variant: Variant,
-    plan: Path,
-    count: int,
-    floor_reply: Path,
-    work: Path,
-    args: argparse.Namespace,
-    ramp: float,
-    fanout: bool = False,
+    variant: Variant, run: Run, plan: Path, reply: Path, work: Path, args: argparse.Namespace
 ) -> dict:
-    tag = f"{'fanout-' if fanout else ''}{count}"
-    servers = [start_server(variant, floor_reply, count, work, tag, args)]
+    shape = run.shape
+    tag = f"{shape.group.replace(' ', '_')}-{run.count}"
+    servers: list[Server] = []
     try:
-        if fanout:
-            servers.append(start_server(variant, floor_reply, count, work, tag + "-b", args))
-        result = run_client(variant, plan, count, servers, work, tag, args, ramp)
+        for i in range(2 if shape.fanout else shape.processes):
+            servers.append(start_server(variant, run, reply, work, f"{tag}-{i}", args))
+        result = run_client(variant, run, plan, servers, work, tag, args)
     except Exception as error:  # noqa: BLE001 - a broken run is a row of failures
         tails = "\n".join(s.tail() for s in servers)
-        log(f"{variant.name} C={count}: run failed: {error}\n{tails}")
+        log(f"{variant.name} C={run.count}: run failed: {error}\n{tails}")
         result = {
-            "count": count,
+            "count": run.count,
             "completed": 0,
-            "failed": count,
-            "errors": {f"run failed: {error}"[:300]: count},
+            "failed": run.count,
+            "errors": {f"run failed: {error}"[:300]: run.count},
         }
     finally:
         for server in servers:
             server.stop()
+    tracebacks = connection_errors = 0
+    for server in servers:
+        t, c = log_errors(server.log_path.read_text(errors="replace"))
+        tracebacks += t
+        connection_errors += c
     result.update(
         variant=variant.name,
-        fanout=fanout,
+        group=shape.group,
+        db=shape.db,
+        reply_tokens=shape.tokens,
+        processes=shape.processes,
+        fanout=shape.fanout,
         server="floor" if variant.is_floor else args.server,
-        ramp=ramp,
+        ramp=shape.ramp,
+        server_tracebacks=tracebacks,
+        connection_errors=connection_errors,
     )
     return result
 
@@ -501,76 +645,227 @@ def versions(variant: Variant | None) -> dict:
     return {}
 
 
-TARGETS = {
-    # variant prefix: (C, TTFC p99 limit, gap p99 limit, minimum share of the floor's tok/s)
-    "async": (1000, 0.250, 0.100, 0.5),
-    "sync": (100, 0.500, None, None),
+# Issue 12's targets, at the default rhythm (200 tokens 5 ms apart, sends over 1 s), one
+# process, on either database; every one also needs 0 failed chats (and on PostgreSQL 0
+# database connection errors in the server log).
+TARGETS = [
+    # (consumer, C, TTFC p99 below s, gap p99 below s, share of the floor's tok/s at least)
+    ("async", 100, 0.100, None, None),
+    ("async", 1000, 0.500, 0.150, 0.7),
+    ("sync", 100, 0.500, None, None),
+    ("sync", 500, None, None, None),
+]
+TARGET_GROUPS = ("main", "postgres")
+GROUPS = {
+    "main": "Default rhythm",
+    "two processes": "Two server processes behind the Redis layer",
+    "postgres": "PostgreSQL",
+    "long replies": "Long replies: many streams open at once",
 }
 
 
-def target_checks(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
+def is_single(row: dict) -> bool:
+    return row.get("processes", 1) == 1 and not row.get("fanout")
+
+
+def peer_row(rows: list[dict], name: str, row: dict) -> dict | None:
+    """The floor's or the guide's row with the same C, reply and ramp."""
+    return next(
+        (
+            r
+            for r in rows
+            if r["variant"] == name
+            and is_single(r)
+            and r["count"] == row["count"]
+            and r.get("reply_tokens") == row.get("reply_tokens")
+            and r.get("ramp") == row.get("ramp")
+        ),
+        None,
+    )
+
+
+def ratio(row: dict | None, base: dict | None) -> float | None:
+    if not row or not base or not base.get("tokens_per_second"):
+        return None
+    if row.get("tokens_per_second") is None:
+        return None
+    return row["tokens_per_second"] / base["tokens_per_second"]
+
+
+def cpu_per_1k(row: dict) -> float | None:
+    cpu, tokens = row.get("server_cpu_seconds"), row.get("tokens")
+    return cpu / tokens * 1000 if cpu is not None and tokens else None
+
+
+def kb_per_conn(row: dict) -> float | None:
+    if row.get("server_peak_rss") and row.get("server_baseline_rss") is not None:
+        return (row["server_peak_rss"] - row["server_baseline_rss"]) / row["count"] / 1024
+    return None
+
+
+def target_checks(rows: list[dict]) -> list[tuple[str, bool, str]]:
     checks = []
     for row in rows:
-        if row["variant"] == "floor" or row.get("fanout"):
+        if row.get("group", "main") not in TARGET_GROUPS or not is_single(row):
             continue
-        count, ttfc, gap, share = TARGETS[row["variant"].split("-")[0]]
-        if row["count"] != count:
+        if row["variant"] in PEERS:
             continue
-        parts, ok = [], row["failed"] == 0
-        parts.append(f"{row['failed']} failed")
-        if row.get("ttfc_p99") is not None:
-            ok &= row["ttfc_p99"] < ttfc
-            parts.append(f"TTFC p99 {row['ttfc_p99'] * 1000:,.0f} ms (< {ttfc * 1000:.0f})")
-        else:
-            ok = False
+        limits = next(
+            (t[2:] for t in TARGETS if row["variant"].startswith(t[0]) and t[1] == row["count"]),
+            None,
+        )
+        if limits is None:
+            continue
+        ttfc, gap, share = limits
+        parts, ok = [f"{row['failed']} failed"], row["failed"] == 0
+        if row.get("db") == "postgres":
+            errors = row.get("connection_errors")
+            ok &= errors == 0
+            parts.append(f"{fmt(errors)} connection errors")
+        if ttfc is not None:
+            ok &= row.get("ttfc_p99") is not None and row["ttfc_p99"] < ttfc
+            parts.append(f"TTFC p99 {fmt(row.get('ttfc_p99'), 1000)} ms (< {ttfc * 1000:.0f})")
         if gap is not None:
             ok &= row.get("gap_p99") is not None and row["gap_p99"] < gap
             parts.append(f"gap p99 {fmt(row.get('gap_p99'), 1000)} ms (< {gap * 1000:.0f})")
         if share is not None:
-            ratio = row.get("floor_ratio")
-            ok &= ratio is not None and ratio >= share
-            parts.append(f"{fmt(ratio, 1, 2)}x floor tok/s (>= {share})")
-        checks.append((f"{row['variant']} at C={count}", ok, ", ".join(parts)))
+            x = ratio(row, peer_row(rows, "floor", row))
+            ok &= x is not None and x >= share
+            parts.append(f"{fmt(x, 1, 2)}x floor tok/s (>= {share})")
+        db = row.get("db", "sqlite")
+        checks.append((f"{row['variant']} ({db}) at C={row['count']}", ok, ", ".join(parts)))
+    for row in rows:
+        if row.get("group") == "long replies" and row["variant"] not in PEERS:
+            checks.append(
+                (
+                    f"{row['variant']}, long replies, at C={row['count']}",
+                    row["failed"] == 0,
+                    f"{row['failed']} failed",
+                )
+            )
     return checks
+
+
+def describe(group: str, rows: list[dict], meta: dict) -> str:
+    r = rows[0]
+    rhythm = (
+        f"replies of {r.get('reply_tokens', meta['tokens'])} tokens {meta['delay'] * 1000:g} ms "
+        f"apart, sends spread over {r.get('ramp', meta['ramp']):g} s"
+    )
+    if group == "main":
+        return f"{GROUPS[group]}: {rhythm}; database {r.get('db', meta['db'])}; one process."
+    if group == "two processes":
+        return (
+            f"{GROUPS[group]} (on one database), the chats spread over both (chat i on "
+            f"process i mod 2), against one process: {rhythm}; database {r.get('db')}."
+        )
+    if group == "postgres":
+        return (
+            f"{GROUPS[group]} (`--postgres-url`, a new database per variant; connection "
+            f"handling as the project ships it): {rhythm}; one process."
+        )
+    return f"{GROUPS.get(group, group)}: {rhythm}; database {r.get('db')}; one process."
+
+
+def table(rows: list[dict], every: list[dict]) -> list[str]:
+    lines = [
+        "| variant | C | ok / failed | TTFC p50 ms | TTFC p99 ms | gap p99 ms | tok/s | "
+        "x floor | x guide | frames/s | CPU s / 1k tok | peak RSS MB | KB / conn | "
+        "log errors | client CPU |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        window = r.get("window_seconds")
+        client_share = None
+        if window and "client_cpu_seconds" in r:
+            client_share = r["client_cpu_seconds"] / window
+        errors = r.get("server_tracebacks")
+        if r.get("db") == "postgres" and errors is not None:
+            errors = f"{errors} ({r.get('connection_errors', 0)} conn.)"
+        name = r["variant"] + (f" x{r['processes']}" if r.get("processes", 1) > 1 else "")
+        lines.append(
+            f"| {name} | {r['count']:,} | {r['completed']:,} / {r['failed']:,} | "
+            f"{fmt(r.get('ttfc_p50'), 1000)} | {fmt(r.get('ttfc_p99'), 1000)} | "
+            f"{fmt(r.get('gap_p99'), 1000)} | {fmt(r.get('tokens_per_second'))} | "
+            f"{fmt(ratio(r, peer_row(every, 'floor', r)), 1, 2)} | "
+            f"{fmt(ratio(r, peer_row(every, 'guide', r)), 1, 2)} | "
+            f"{fmt(r.get('frames_per_second'))} | {fmt(cpu_per_1k(r), 1, 3)} | "
+            f"{fmt(r.get('server_peak_rss'), 1 / 2**20)} | {fmt(kb_per_conn(r))} | "
+            f"{'-' if errors is None else errors} | {fmt(client_share, 100)}% |"
+        )
+    return lines
+
+
+def growth(group: str, rows: list[dict], every: list[dict]) -> list[str]:
+    """The lines under a table that compare its rows: two processes against one, and how
+    CPU and memory per connection grow with C."""
+    lines = []
+    if group == "two processes":
+        for r in rows:
+            one = next(
+                (
+                    x
+                    for x in every
+                    if x["variant"] == r["variant"]
+                    and is_single(x)
+                    and x["count"] == r["count"]
+                    and x.get("reply_tokens") == r.get("reply_tokens")
+                    and x.get("ramp") == r.get("ramp")
+                    and x.get("db") == r.get("db")
+                ),
+                None,
+            )
+            if one:
+                lines.append(
+                    f"- {r['variant']} at C={r['count']:,}: two processes "
+                    f"{fmt(r.get('tokens_per_second'))} tok/s, one "
+                    f"{fmt(one.get('tokens_per_second'))}: **{fmt(ratio(r, one), 1, 2)}x**; "
+                    f"TTFC p99 {fmt(r.get('ttfc_p99'), 1000)} against "
+                    f"{fmt(one.get('ttfc_p99'), 1000)} ms; CPU s / 1k tok "
+                    f"{fmt(cpu_per_1k(r), 1, 3)} against {fmt(cpu_per_1k(one), 1, 3)}."
+                )
+    if group == "long replies":
+        for name in dict.fromkeys(r["variant"] for r in rows):
+            mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["count"])
+            if len(mine) < 2:
+                continue
+            first, last = mine[0], mine[-1]
+            cpu0, cpu1 = cpu_per_1k(first), cpu_per_1k(last)
+            growth_x = cpu1 / cpu0 if cpu0 and cpu1 else None
+            lines.append(
+                f"- {name}: CPU s / 1k tok {fmt(cpu0, 1, 3)} at C={first['count']:,}, "
+                f"{fmt(cpu1, 1, 3)} at C={last['count']:,} ({fmt(growth_x, 1, 2)}x); "
+                f"KB / conn {fmt(kb_per_conn(first))} and {fmt(kb_per_conn(last))}."
+            )
+    return [""] + lines if lines else []
 
 
 def markdown(meta: dict, rows: list[dict], fanout_rows: list[dict]) -> str:
     m = meta["machine"]
     lines = [
         f"Run {meta['date']} on {m['cores']} cores ({m['cpu'] or 'unknown CPU'}), "
-        f"{m['memory_gib']} GiB; load average at start {m['load_average_at_start'][0]:.2f}. "
-        f"Server: {meta['server']}, single process; database: {meta['db']}. "
-        f"Each chat: one message, a reply of {meta['tokens']} tokens "
-        f"{meta['delay'] * 1000:g} ms apart; sends spread over {meta['ramp']:g} s. "
+        f"{m['memory_gib']} GiB; load average at start {m['load_average_at_start'][0]:.2f}"
+        + (
+            f", at the end {meta['load_average_at_end'][0]:.2f}"
+            if meta.get("load_average_at_end")
+            else ""
+        )
+        + f"; {meta.get('seconds', 0) / 60:.1f} minutes. Server: {meta['server']}. "
+        f"Frames coalesced every {meta['frame_interval'] * 1000:g} ms (floor and project); "
+        "the guide sends one frame per token. "
         + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
         + ".",
-        "",
-        "| variant | C | ok / failed | TTFC p50 ms | TTFC p99 ms | gap p99 ms | tok/s | "
-        "x floor | frames/s | CPU s / 1k tok | peak RSS MB | KB / conn | client CPU |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for r in rows:
-        tokens = r.get("tokens") or 0
-        cpu = r.get("server_cpu_seconds")
-        window = r.get("window_seconds")
-        per_conn = None
-        client_share = None
-        if window and "client_cpu_seconds" in r:
-            client_share = r["client_cpu_seconds"] / window
-        if r.get("server_peak_rss") and r.get("server_baseline_rss") is not None:
-            per_conn = (r["server_peak_rss"] - r["server_baseline_rss"]) / r["count"] / 1024
-        lines.append(
-            f"| {r['variant']} | {r['count']:,} | {r['completed']:,} / {r['failed']:,} | "
-            f"{fmt(r.get('ttfc_p50'), 1000)} | {fmt(r.get('ttfc_p99'), 1000)} | "
-            f"{fmt(r.get('gap_p99'), 1000)} | {fmt(r.get('tokens_per_second'))} | "
-            f"{fmt(r.get('floor_ratio'), 1, 2)} | {fmt(r.get('frames_per_second'))} | "
-            f"{fmt(cpu / tokens * 1000 if cpu is not None and tokens else None, 1, 3)} | "
-            f"{fmt(r.get('server_peak_rss'), 1 / 2**20)} | {fmt(per_conn)} | "
-            f"{fmt(client_share, 100)}% |"
-        )
+    for group in dict.fromkeys(r.get("group", "main") for r in rows):
+        mine = [r for r in rows if r.get("group", "main") == group]
+        lines += ["", describe(group, mine, meta), ""]
+        lines += table(mine, rows)
+        lines += growth(group, mine, rows)
+    for note in meta.get("notes", []):
+        lines += ["", note]
     checks = target_checks(rows)
     if checks:
-        lines += ["", "Targets:", ""]
+        lines += ["", "Targets (issue 12):", ""]
         for name, ok, detail in checks:
             lines.append(f"- {'met' if ok else 'MISSED'}: {name}: {detail}")
     if fanout_rows:
@@ -588,7 +883,14 @@ def markdown(meta: dict, rows: list[dict], fanout_rows: list[dict]) -> str:
             w = r.get("watchers", {})
             n = r["count"]
             single = next(
-                (x for x in rows if x["variant"] == r["variant"] and x["count"] == n), None
+                (
+                    x
+                    for x in rows
+                    if x["variant"] == r["variant"]
+                    and x["count"] == n
+                    and x.get("group", "main") == "main"
+                ),
+                None,
             )
             both = r["server_cpu_seconds"] / n if "server_cpu_seconds" in r else None
             one = None
@@ -607,20 +909,20 @@ def markdown(meta: dict, rows: list[dict], fanout_rows: list[dict]) -> str:
         lines += ["", "Failures:", ""]
         for r in failures:
             for error, n in r["errors"].items():
-                lines.append(
-                    f"- {r['variant']}{' fan-out' if r.get('fanout') else ''} "
-                    f"C={r['count']}: {n} x {error}"
-                )
+                where = r.get("group", "main")
+                lines.append(f"- {r['variant']} ({where}) C={r['count']}: {n} x {error}")
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: Path, ideal: float | None = None) -> None:
-    """Throughput and p99 time to first chunk against C; ideal is tok/s per chat on time."""
+    """Throughput and p99 time to first chunk against C (default rhythm, one process);
+    ideal is tok/s per chat on time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.get("group", "main") == "main"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name in VARIANTS:
         points = sorted((r["count"], r) for r in rows if r["variant"] == name)
@@ -628,6 +930,8 @@ def plot(rows: list[dict], path: Path, ideal: float | None = None) -> None:
             continue
         cs = [c for c, _ in points]
         style = {"color": "black", "linestyle": "--"} if name == "floor" else {}
+        if name == "guide":
+            style = {"color": "grey", "linestyle": "-."}
         ax1.plot(
             cs,
             [r.get("tokens_per_second") or 0 for _, r in points],
@@ -642,7 +946,7 @@ def plot(rows: list[dict], path: Path, ideal: float | None = None) -> None:
             label=name,
             **style,
         )
-    if ideal:
+    if ideal and rows:
         cs = sorted({r["count"] for r in rows})
         ax1.plot(
             cs,
@@ -660,9 +964,9 @@ def plot(rows: list[dict], path: Path, ideal: float | None = None) -> None:
         yscale="log",
         xlabel="concurrent chats C",
         ylabel="time to first chunk p99 (ms)",
-        title="Latency",
+        title="Latency (target at C=1000: 500 ms)",
     )
-    ax2.axhline(250, color="grey", linewidth=0.8, linestyle=":")
+    ax2.axhline(500, color="grey", linewidth=0.8, linestyle=":")
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -672,10 +976,6 @@ def plot(rows: list[dict], path: Path, ideal: float | None = None) -> None:
 
 
 # ------------------------------------------------------------------------------- main
-
-
-def counts_of(variant: Variant, args: argparse.Namespace) -> list[int]:
-    return args.sync_concurrency if variant.name.startswith("sync") else args.concurrency
 
 
 def parse_args() -> argparse.Namespace:
@@ -691,14 +991,40 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=ints,
-        default=[10, 100, 500, 1000],
-        help="C values for the floor and the async variants",
+        default=[100, 1000],
+        help="C values for the guide and the async variants (the floor runs at every C)",
     )
     parser.add_argument(
         "--sync-concurrency",
         type=ints,
-        default=[10, 100, 500],
+        default=[100, 500],
         help="C values for the sync variants",
+    )
+    parser.add_argument(
+        "--postgres-rows",
+        default="async-redis:1000,sync-redis:100",
+        help="VARIANT:C rows run again on PostgreSQL (empty: none)",
+    )
+    parser.add_argument(
+        "--long-concurrency",
+        type=ints,
+        default=[2000, 5000],
+        help="C values of the long-reply rows (empty: none)",
+    )
+    parser.add_argument("--long-tokens", type=int, default=2000, help="tokens per long reply")
+    parser.add_argument(
+        "--long-ramp", type=float, default=10, help="sends spread over this many seconds"
+    )
+    parser.add_argument(
+        "--long-variants",
+        default="floor,async-in-memory,async-redis",
+        help="variants of the long-reply rows",
+    )
+    parser.add_argument(
+        "--two-processes",
+        type=int,
+        default=1000,
+        help="C of the async-redis row served by two processes (0: skip)",
     )
     parser.add_argument(
         "--fanout",
@@ -712,7 +1038,7 @@ def parse_args() -> argparse.Namespace:
         "--frame-interval",
         type=float,
         default=None,
-        help="CHAT_FRAME_INTERVAL (default: the project's own, 0.1)",
+        help=f"CHAT_FRAME_INTERVAL (default: the project's own, {PROJECT_FRAME_INTERVAL})",
     )
     parser.add_argument(
         "--floor-pacing",
@@ -728,7 +1054,9 @@ def parse_args() -> argparse.Namespace:
         "nominal length, tokens x delay; 0 sends all at once)",
     )
     parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
-    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--db", choices=["sqlite", "postgres"], default="sqlite", help="database of the main rows"
+    )
     parser.add_argument(
         "--postgres-url",
         default="postgres://postgres@127.0.0.1:5432/test",
@@ -762,7 +1090,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="C=10 for every variant and a 10-conversation fan-out; exit 1 if any chat fails",
+        help="C=10 for every variant, two processes and fan-out, one PostgreSQL row; "
+        "no long replies; exit 1 if any chat fails",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 if any chat fails")
     parser.add_argument(
@@ -774,17 +1103,77 @@ def parse_args() -> argparse.Namespace:
     if args.report_only:
         args.results = args.results or BENCH / "results"
         return args
+    args.postgres_rows = [
+        (name, int(count))
+        for name, count in (row.split(":") for row in args.postgres_rows.split(",") if row)
+    ]
     if args.smoke:
         args.concurrency = args.sync_concurrency = [10]
         args.fanout = min(args.fanout, 10)
+        args.two_processes = min(args.two_processes, 10)
+        args.postgres_rows = [(name, 10) for name, _ in args.postgres_rows[:1]]
+        args.long_concurrency = []
         args.strict = True
     if args.ramp is None:
         args.ramp = args.tokens * args.delay
     args.variants = [v for v in args.variants.split(",") if v]
-    unknown = set(args.variants) - set(VARIANTS)
+    args.long_variants = [v for v in args.long_variants.split(",") if v]
+    unknown = set(args.variants + args.long_variants + [n for n, _ in args.postgres_rows])
+    unknown -= set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     return args
+
+
+def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str]]:
+    """Every run of the benchmark in order, and notes on the rows left out."""
+    runs, notes = [], []
+    main = Shape("main", args.tokens, args.ramp, args.db)
+    # C outer, variants inner: the floor and the variants of one C run close in time.
+    for count in sorted(set(args.concurrency) | set(args.sync_concurrency)):
+        for name in VARIANTS:
+            counts = args.sync_concurrency if name.startswith("sync") else args.concurrency
+            if name == "floor":
+                counts = args.concurrency + args.sync_concurrency
+            if name in args.variants and count in counts:
+                runs.append(Run(main, name, count))
+    if args.two_processes and "async-redis" in args.variants:
+        shape = Shape("two processes", args.tokens, args.ramp, args.db, processes=2)
+        runs.append(Run(shape, "async-redis", args.two_processes))
+    pg_rows = [(n, c) for n, c in args.postgres_rows if n in args.variants]
+    if pg_rows and args.db == "postgres":
+        pg_rows = []  # the main rows are on PostgreSQL already
+    if pg_rows and not postgres_answers(args):
+        notes.append(f"PostgreSQL rows left out: nothing answers at {args.postgres_url}.")
+        log(notes[-1])
+        pg_rows = []
+    for name, count in pg_rows:
+        runs.append(Run(Shape("postgres", args.tokens, args.ramp, "postgres"), name, count))
+    long = [
+        v for v in VARIANTS if v in args.variants and v in args.long_variants and v not in PEERS
+    ]
+    if long:
+        shape = Shape("long replies", args.long_tokens, args.long_ramp, args.db)
+        for count in args.long_concurrency:
+            for name in VARIANTS:
+                if name in args.variants and name in args.long_variants:
+                    runs.append(Run(shape, name, count))
+    if args.fanout:
+        shape = Shape("fan-out", args.tokens, args.ramp, args.db, fanout=True)
+        for name in VARIANTS:
+            if name in args.variants and name.endswith("redis"):
+                runs.append(Run(shape, name, args.fanout))
+    return runs, notes
+
+
+def raise_fd_limit(runs: list[Run]) -> None:
+    """Sockets are file descriptors: the client holds C (twice C with watchers), a server C."""
+    need = max(r.count * (2 if r.shape.fanout else 1) for r in runs) + 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        sys.exit(f"ulimit -n: the hard limit {hard} is below the {need} file descriptors needed")
+    if soft != resource.RLIM_INFINITY and soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))  # children inherit it
 
 
 def write_report(meta: dict, rows: list[dict], fanout_rows: list[dict], results: Path) -> str:
@@ -809,6 +1198,10 @@ def main() -> int:
         print(write_report(data["meta"], data["runs"], data["fanout"], args.results))
         return 0
     started = time.monotonic()
+    runs, notes = plan_runs(args)
+    if not runs:
+        sys.exit("nothing to run")
+    raise_fd_limit(runs)
     work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     if args.results is None:
         args.results = work / "results" if args.smoke else BENCH / "results"
@@ -816,104 +1209,99 @@ def main() -> int:
     (work / "cookiecutter-config.yaml").write_text(
         f"cookiecutters_dir: {work / 'cc'}\nreplay_dir: {work / 'replay'}\n"
     )
-    log(f"work dir {work}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    log(
+        f"work dir {work}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
+        f"{len(runs)} runs"
+    )
 
-    variants = [Variant(name) for name in VARIANTS if name in args.variants]
-    projects = [v for v in variants if not v.is_floor]
-    runs_of: dict[str, list[int]] = {}
-    for v in variants:
-        runs_of[v.name] = list(counts_of(v, args))
-        if not v.is_floor and v.layer == "redis" and args.fanout:
-            runs_of[v.name].append(args.fanout)
-    floor_counts = runs_of.get("floor", [])
+    variants = {name: Variant(name) for name in VARIANTS if any(r.variant == name for r in runs)}
+    projects = [v for v in variants.values() if v.is_project]
+    if not projects:
+        sys.exit("the floor and the guide stream a project's reply: add a project variant")
 
+    rows: list[dict] = []
+    fanout_rows: list[dict] = []
     try:
         for v in projects:
             generate(v, work, args)
         # Prepare the projects two at a time (the machine has two cores).
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-            for future in [pool.submit(prepare, v, runs_of[v.name], work, args) for v in projects]:
-                future.result()
-        # The floor streams the same reply; it needs its own plans only for the chat count.
-        floor_reply = work / "reply.txt"
-        floor = next((v for v in variants if v.is_floor), None)
-        if floor:
-            if not projects:
-                sys.exit("the floor alone has no reply to stream: add a project variant")
-            source = projects[0]
-            first_plan = json.loads(source.plans[0].read_text())
-            floor_reply.write_text(first_plan["reply"])
-            biggest = max(range(len(runs_of[source.name])), key=lambda i: runs_of[source.name][i])
-            if max(floor_counts) > runs_of[source.name][biggest]:
-                sys.exit("the floor's C must not exceed the first project variant's C")
-            floor.plans = {i: source.plans[biggest] for i in range(len(floor_counts))}
-        elif projects:
-            floor_reply.write_text(json.loads(projects[0].plans[0].read_text())["reply"])
+            jobs = [
+                pool.submit(prepare, v, [r for r in runs if r.variant == v.name], work, args)
+                for v in projects
+            ]
+            if "guide" in variants:
+                jobs[0].result()
+                jobs.append(pool.submit(prepare_guide, variants["guide"], projects[0], work))
+            for job in jobs:
+                job.result()
+        # The reply of each length, for the floor and the guide to stream.
+        sources = {run.shape.tokens: plan for v in projects for run, plan in v.plans.items()}
+        replies = {}
+        for tokens, plan in sources.items():
+            replies[tokens] = work / f"reply-{tokens}.txt"
+            replies[tokens].write_text(json.loads(plan.read_text())["reply"])
 
-        rows: list[dict] = []
-        # C outer, variants inner: the floor and the variants of one C run close in time.
-        for count in sorted({c for v in variants for c in counts_of(v, args)}):
-            for v in variants:
-                counts = counts_of(v, args)
-                if count not in counts:
-                    continue
-                result = measure(
-                    v, v.plans[counts.index(count)], count, floor_reply, work, args, args.ramp
-                )
-                rows.append(result)
-                log(
-                    f"{v.name:16} C={count:<5} ok {result['completed']}/{count}  "
-                    f"TTFC p99 {fmt(result.get('ttfc_p99'), 1000)} ms  "
+        for run in runs:
+            v = variants[run.variant]
+            shape = run.shape
+            if v.is_project:
+                plan = v.plans[run]
+            else:
+                plan = peer_plan(work, sources[shape.tokens], run.chats)
+            result = measure(v, run, plan, replies[shape.tokens], work, args)
+            (fanout_rows if shape.fanout else rows).append(result)
+            # What is measured so far survives a run stopped before its end.
+            (args.results / "results.partial.json").write_text(
+                json.dumps({"runs": rows, "fanout": fanout_rows}, indent=1)
+            )
+            w = result.get("watchers")
+            log(
+                f"{v.name:16} {shape.group:13} C={run.count:<5} "
+                f"ok {result['completed']}/{run.count}  "
+                + (
+                    f"watchers ok {w.get('completed', 0)}, lag p99 "
+                    f"{fmt(w.get('finished_lag_p99'), 1000)} ms"
+                    if w
+                    else f"TTFC p99 {fmt(result.get('ttfc_p99'), 1000)} ms  "
                     f"gap p99 {fmt(result.get('gap_p99'), 1000)} ms  "
                     f"{fmt(result.get('tokens_per_second'))} tok/s  "
                     f"CPU {fmt(result.get('server_cpu_seconds'), 1, 1)} s"
                 )
-        fanout_rows = []
-        for v in projects:
-            if v.layer == "redis" and args.fanout:
-                plan = v.plans[len(runs_of[v.name]) - 1]
-                result = measure(
-                    v, plan, args.fanout, floor_reply, work, args, args.ramp, fanout=True
-                )
-                fanout_rows.append(result)
-                w = result.get("watchers", {})
-                log(
-                    f"{v.name:16} fan-out {args.fanout}: askers ok {result['completed']}, "
-                    f"watchers ok {w.get('completed', 0)}, lag p99 "
-                    f"{fmt(w.get('finished_lag_p99'), 1000)} ms"
-                )
+                + f"  load {os.getloadavg()[0]:.1f}"
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work / "cc", ignore_errors=True)
         for v in projects:
-            if v.database_created:
+            for database in v.databases:
                 with contextlib.suppress(Exception):
                     postgres(
                         args,
                         str(v.dir / ".venv" / "bin" / "python"),
-                        f'DROP DATABASE IF EXISTS "{v.database}" WITH (FORCE)',
+                        f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
                     )
 
-    floor_tps = {r["count"]: r.get("tokens_per_second") for r in rows if r["variant"] == "floor"}
     for r in rows:
-        base = floor_tps.get(r["count"])
-        if base and r.get("tokens_per_second") is not None:
-            r["floor_ratio"] = r["tokens_per_second"] / base
-
+        r["floor_ratio"] = ratio(r, peer_row(rows, "floor", r))
+        r["guide_ratio"] = ratio(r, peer_row(rows, "guide", r))
     meta = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
-        "versions": versions(projects[0] if projects else None),
+        "load_average_at_end": os.getloadavg(),
+        "versions": versions(projects[0]),
         "server": args.server,
         "db": args.db,
         "tokens": args.tokens,
         "delay": args.delay,
         "ramp": args.ramp,
-        "frame_interval": args.frame_interval or 0.03,
+        "frame_interval": args.frame_interval or PROJECT_FRAME_INTERVAL,
         "smoke": args.smoke,
+        "notes": notes,
         "seconds": round(time.monotonic() - started),
     }
     table = write_report(meta, rows, fanout_rows, args.results)
+    (args.results / "results.partial.json").unlink(missing_ok=True)
     print()
     print(table)
     log(

@@ -53,11 +53,19 @@ def username(index: int) -> str:
     return f"bench{index:05d}"
 
 
+def words(count: int) -> str:
+    """count words, in paragraphs of 40 as a model's reply has them (a long reply in one
+    paragraph would be re-rendered whole at every frame of the live Markdown)."""
+    return "".join(
+        ("\n\n" if i % 40 == 0 else " ") * (i > 0) + WORDS[i % len(WORDS)] for i in range(count)
+    )
+
+
 def message_for(target: int) -> tuple[str, str, int]:
     """A message whose echo by the demo model is exactly `target` tokens, if one exists."""
     best = None
     for count in range(1, 4 * target):
-        message = " ".join(WORDS[i % len(WORDS)] for i in range(count))
+        message = words(count)
         reply = compose_reply([ChatMessage(role="user", content=message)])
         n = len(tokens(reply))
         if best is None or abs(n - target) < abs(best[2] - target):

@@ -1,0 +1,4 @@
+from chat.views import index
+from django.urls import path
+
+urlpatterns = [path("", index)]

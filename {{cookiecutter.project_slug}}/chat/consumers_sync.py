@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from . import fragments, limits, services
 from .checkpoints import checkpoints
-from .fanout import Fanout, renew_membership
+from .fanout import Fanout, leave_layer, renew_membership
 from .frames import FrameError, parse_frame, storable_text
 from .llm import ProviderError, get_chat_model
 from .llm.base import StopSignal
@@ -118,25 +118,9 @@ class ChatConsumer(WebsocketConsumer):
             await send({"type": "websocket.close"})
 {%- endif %}
         finally:
-            if hasattr(self, "channel_name"):
-                await self.leave_channel_layer()
-
-    async def leave_channel_layer(self) -> None:
-        """Leave the groups and delete the channel, however the connection ended: on a close,
-        and also when connect() failed halfway (accepting a client that had already gone)."""
-        groups = list(self.fanout.groups) if hasattr(self, "fanout") else []
-{%- if cookiecutter.channel_layer == "redis" %}
-        try:
-            for group in groups:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            await self.channel_layer.delete_channel(self.channel_name)
-        except Exception as error:  # noqa: BLE001 - Redis is down: nothing to leave there
-            logger.info("Channel layer: could not leave %s: %r", groups, error)
-{%- else %}
-        for group in groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
-        await self.channel_layer.delete_channel(self.channel_name)
-{%- endif %}
+            if hasattr(self, "channel_name"):  # also when connect() failed halfway
+                groups = list(self.fanout.groups) if hasattr(self, "fanout") else []
+                await leave_layer(self.channel_layer, self.channel_name, groups)
 
     def connect(self) -> None:
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]

@@ -185,3 +185,14 @@ async def renew_membership(fanout: Fanout) -> None:
         await asyncio.sleep(expiry / 4)
         for group in list(fanout.groups):
             fanout.join(group)
+
+
+async def leave_layer(layer, channel: str, groups: list[str]) -> None:
+    """Leave the groups and delete the channel (chat/layers.py), as far as the layer lets:
+    whatever ended its owner, it leaves nothing behind in the layer."""
+    try:
+        for group in groups:
+            await layer.group_discard(group, channel)
+        await layer.delete_channel(channel)
+    except Exception as error:  # noqa: BLE001 - the layer is down: nothing to leave there
+        logger.info("Channel layer: could not leave %s: %r", ", ".join(groups), error)

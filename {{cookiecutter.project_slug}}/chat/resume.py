@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from .fanout import leave_layer
 from .presence import presence_group
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ async def keep_reply(
     """
     watchers = set(watchers)
     loop = asyncio.get_running_loop()
-    groups = (group, presence_group(group))
+    groups = [group, presence_group(group)]
     channel = None
     try:
         channel = await layer.new_channel()
@@ -42,7 +43,7 @@ async def keep_reply(
     except Exception as error:  # noqa: BLE001 - the layer is down: nobody can come back
         logger.info("Channel layer: cannot keep the reply of %s: %r", group, error)
         if channel is not None:
-            await leave(layer, groups, channel)
+            await leave_layer(layer, channel, groups)
         await asyncio.sleep(grace)
         stop()
         return
@@ -69,14 +70,5 @@ async def keep_reply(
                     watchers.add(message["sender"])
     finally:
         incoming.cancel()
-        await leave(layer, groups, channel)
+        await leave_layer(layer, channel, groups)
 
-
-async def leave(layer, groups: tuple[str, ...], channel: str) -> None:
-    """Leave the groups and delete the channel (chat/layers.py), as far as the layer lets."""
-    try:
-        for joined in groups:
-            await layer.group_discard(joined, channel)
-        await layer.delete_channel(channel)
-    except Exception as error:  # noqa: BLE001 - the layer is down: nothing to discard
-        logger.info("Channel layer: could not leave %s: %r", groups[0], error)

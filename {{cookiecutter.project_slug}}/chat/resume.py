@@ -71,4 +71,3 @@ async def keep_reply(
     finally:
         incoming.cancel()
         await leave_layer(layer, channel, groups)
-

@@ -66,6 +66,14 @@ async def answer_roll_call(layer, channel) -> None:
     await answer(layer, channel, event)
 
 
+async def snapshot_reached(layer, channel) -> None:
+    """Wait until a reply's snapshot reaches this watcher: its writer knows it watches, and
+    sends it more as the reply grows."""
+    async with asyncio.timeout(30):  # generous: a busy machine
+        while not LIVE.search((await layer.receive(channel)).get("html", "")):
+            pass
+
+
 async def receive_until_finished(layer, channel) -> list[dict]:
     events = []
     while True:
@@ -251,10 +259,7 @@ async def test_a_stalled_redis_costs_the_asking_socket_nothing_and_it_hears_of_i
     watcher = await watch(other_process, conversation)  # another process, through the link
     await asker.send_to(json.dumps({"message": "keep going"}))
     await answer_roll_call(other_process, watcher)
-    # A snapshot reached the watcher: the asker knows it, and sends it more as the reply grows.
-    async with asyncio.timeout(30):
-        while not LIVE.search((await other_process.receive(watcher)).get("html", "")):
-            pass
+    await snapshot_reached(other_process, watcher)
 
     redis_link.stall()
     frames = await read_reply(asker, wait=30)
@@ -279,18 +284,18 @@ async def test_a_stalled_redis_costs_the_asking_socket_nothing_and_it_hears_of_i
 async def test_redis_gone_mid_reply_keeps_the_reply_and_fanout_recovers(
     user, conversation, connect, scripted, redis_link, other_process, caplog
 ):
-    scripted([f"p{i} " for i in range(40)], delay=0.02)
+    scripted([f"p{i} " for i in range(100)], delay=0.02)
     asker = await connect(user, conversation.pk)
     watcher = await watch(other_process, conversation)  # another process, through the link
     await asker.send_to(json.dumps({"message": "keep going"}))
     await answer_roll_call(other_process, watcher)
-    await read_until(asker, LIVE)
+    await snapshot_reached(other_process, watcher)
 
     redis_link.cut()
     frames = await read_reply(asker, wait=30)
 
     assert final_status(frames) == "complete"
-    assert live_text(frames).endswith("p39")
+    assert live_text(frames).endswith("p99")
     assert "Channel layer unreachable" in caplog.text
 
     redis_link.restore()

@@ -131,9 +131,10 @@ class Fanout:
             try:
                 if entry.call == "group_add":
                     await self.layer.group_add(entry.target, self.channel)
-                    self.groups.add(entry.target)
                     if self.closing:  # the connection left its groups meanwhile
                         await self.layer.group_discard(entry.target, self.channel)
+                    else:
+                        self.groups.add(entry.target)
                 else:
                     await getattr(self.layer, entry.call)(entry.target, entry.message)
             except Exception as error:  # noqa: BLE001 - best effort, logged

@@ -80,6 +80,37 @@ class Combo:
     def redis(self) -> bool:
         return self.channel_layer == "redis"
 
+    @property
+    def runs_on_postgresql(self) -> bool:
+        """Whether the matrix also runs this combination's own suite on PostgreSQL.
+
+        What PostgreSQL changes (types, locks, transactions, the connection pool) meets the
+        code that the consumer and the channel layer choose; the provider only adds its client.
+        So each consumer x layer pair runs there once, and the pairs take the providers in
+        turn, so that each provider's tests meet PostgreSQL once too.
+        """
+        return not self.hostile and self._turn == 0
+
+    @property
+    def runs_browser_tests(self) -> bool:
+        """Whether the matrix runs this combination's browser tests.
+
+        They always talk to the offline demo model (tests/e2e/conftest.py), whatever the
+        provider, so each consumer x layer pair runs them once, with a provider of its own
+        (another than on PostgreSQL); and so does the project with hostile answers, whose
+        pages show them.
+        """
+        return self.hostile or self._turn == 2
+
+    @property
+    def _turn(self) -> int:
+        """This combination's place in the rotation of providers over consumer x layer pairs."""
+        pair = TEMPLATE_OPTIONS["consumer"].index(self.consumer) * len(
+            TEMPLATE_OPTIONS["channel_layer"]
+        ) + TEMPLATE_OPTIONS["channel_layer"].index(self.channel_layer)
+        providers = TEMPLATE_OPTIONS["llm_provider"]
+        return (providers.index(self.llm_provider) - pair) % len(providers)
+
 
 COMBOS = [
     Combo(index, *values)

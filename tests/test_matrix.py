@@ -44,9 +44,19 @@ from helpers import (
     uv_bin,
 )
 
-pytestmark = pytest.mark.parametrize(
-    "combo", [pytest.param(combo, id=combo.id) for combo in COMBOS], indirect=True, scope="session"
-)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test runs for every combination, but those marked ``only_where`` with a Combo
+    property (runs_on_postgresql, runs_browser_tests: see there for why) run only where it
+    holds."""
+    if "combo" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("only_where")
+    combos = [c for c in COMBOS if marker is None or getattr(c, marker.args[0])]
+    params = [pytest.param(combo, id=combo.id) for combo in combos]
+    metafunc.parametrize("combo", params, indirect=True, scope="session")
+
 
 # What a rendered file must never contain: unrendered or stray template syntax. Django
 # templates legitimately contain "{% " and "{{ ", so those alone are not flagged.
@@ -172,6 +182,17 @@ def synced(project: Path, env: dict[str, str]) -> Path:
     assert (project / "uv.lock").is_file(), "the post-generation hook wrote no uv.lock"
     assert_succeeds([uv_bin(), "sync", "--locked"], project, env)
     return project
+
+
+def test_postgresql_and_browser_runs_cover_every_consumer_layer_pair_and_every_provider() -> None:
+    pairs = {(c.consumer, c.channel_layer) for c in COMBOS}
+    providers = {c.llm_provider for c in COMBOS}
+    for where in ("runs_on_postgresql", "runs_browser_tests"):
+        chosen = [c for c in COMBOS if getattr(c, where) and not c.hostile]
+        assert sorted((c.consumer, c.channel_layer) for c in chosen) == sorted(pairs), where
+        assert {c.llm_provider for c in chosen} == providers, where
+    both = [c.id for c in COMBOS if c.runs_on_postgresql and c.runs_browser_tests]
+    assert both == [], "a provider of its own for each, so the two spread over more code"
 
 
 # --------------------------------------------------------------------------- rendering
@@ -340,6 +361,7 @@ def test_generated_projects_own_test_suite_passes(synced: Path, env: dict[str, s
     assert re.search(r"\b\d+ passed\b", result.output), result.describe()
 
 
+@pytest.mark.only_where("runs_on_postgresql")
 def test_generated_projects_own_test_suite_passes_on_postgresql(
     synced: Path, env: dict[str, str]
 ) -> None:
@@ -357,6 +379,7 @@ def test_generated_projects_own_test_suite_passes_on_postgresql(
     assert "Error when trying to teardown test databases" not in result.output, result.describe()
 
 
+@pytest.mark.only_where("runs_browser_tests")
 def test_generated_projects_browser_tests_pass(
     synced: Path, env: dict[str, str], combo: Combo
 ) -> None:

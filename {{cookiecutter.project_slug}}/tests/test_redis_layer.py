@@ -299,7 +299,10 @@ async def test_redis_gone_mid_reply_keeps_the_reply_and_fanout_recovers(
     assert "Channel layer unreachable" in caplog.text
 
     redis_link.restore()
-    # A connection opened now gets the conversation's updates again.
+    # Once the asker's fan-out is back, a connection opened now gets the conversation's
+    # updates again. (One opened at the very moment Redis comes back may miss what is sent
+    # while the layer's subscriber reconnects: pub/sub keeps nothing.)
+    await read_until(asker, re.compile("are back"), wait=30)
     watching = await connect(user, conversation.pk)
     await asker.send_to(json.dumps({"message": "after the outage"}))
     await read_reply(asker, wait=30)

@@ -144,3 +144,25 @@ def test_a_live_frame_replaces_the_bubbles_content_with_sanitised_markdown():
         '<div id="message-7-text" hx-swap-oob="innerHTML">'
         "<p><strong>hi</strong> &lt;script&gt;x&lt;/script&gt;</p>\n</div>"
     )
+
+
+def test_a_finished_reply_shows_its_markdown_and_is_announced_once_as_plain_text():
+    text = '**Bold** & `<b hx-get="/x">` [link](https://example.com)\n\n- one\n- two'
+    reply = Message(pk=8, role="assistant", status="complete", content=text)
+    finished = fragments.finished(reply)
+
+    assert render_markdown(text) in finished  # the bubble: the reply's Markdown, rendered once
+    announcer = finished[finished.index('<div id="announcer"') :]
+    assert Tags(announcer).found == [
+        (
+            "div",
+            {
+                "id": "announcer",
+                "class": "visually-hidden",
+                "role": "status",
+                "hx-swap-oob": "true",
+            },
+        )
+    ]
+    spoken = announcer[announcer.index(">") + 1 : announcer.index("</div>")]
+    assert " ".join(spoken.split()) == "Bold &amp; &lt;b hx-get=&quot;/x&quot;&gt; link one two"

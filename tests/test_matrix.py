@@ -45,7 +45,6 @@ from helpers import (
 )
 
 
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test runs for every combination, but those marked ``only_where`` with a Combo
     property (runs_on_postgresql, runs_browser_tests: see there for why) run only where it

@@ -25,7 +25,7 @@ def main() -> None:
         lines = f.read().splitlines()
     for line in lines:
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():  # py-spy may cut a line short at SIGINT
             continue
         n = int(count)
         frames = stack.split(";")

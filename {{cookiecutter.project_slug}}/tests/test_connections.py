@@ -242,10 +242,11 @@ async def test_200_replies_at_once_hold_no_more_connections_than_the_pool(
     )
 
     assert streaming == REPLIES
-    # No reply keeps a connection while it streams: 200 replies, at most 3 lent, in the
+    # No reply keeps a connection while it streams: 200 replies, at most 4 lent, in the
     # moment they work: the consumers' shared thread's, the checkpoint writer's
-    # (chat/checkpoints.py) and the test's own.
-    assert lent <= 3
+    # (chat/checkpoints.py), the test's own, and one the pool may still be opening
+    # (psycopg_pool counts it in pool_size from the moment it starts to grow).
+    assert lent <= 4
     assert errors == 0
     assert Counter(final_status(frames) for frames in replies) == {"complete": REPLIES}
     assert statuses == {"complete": REPLIES}
